@@ -1,0 +1,12 @@
+"""brlib: Batch Renormalization (Ioffe, 2017) for Keras 3, with the tools to teach it.
+
+    import brlib as br
+    layer = br.BatchRenormalization(microbatch_size=4)
+"""
+
+from brlib.layers import BatchRenormalization
+from brlib.schedule import RenormSchedule, renorm_layers
+
+__version__ = "0.1.0"
+
+__all__ = ["BatchRenormalization", "RenormSchedule", "renorm_layers", "__version__"]

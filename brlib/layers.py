@@ -1,0 +1,326 @@
+"""The batch renormalization layer, over whole batches or contiguous microbatches."""
+
+import numbers
+
+import keras
+from keras import ops
+
+
+def _check_number(name, value, allowed, is_ok):
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not is_ok(value):
+        raise ValueError(f"`{name}` must be {allowed}; got {name}={value!r}.")
+
+
+def check_rmax(rmax):
+    """Raises a ValueError unless `rmax` is a number >= 1."""
+    _check_number("rmax", rmax, "a number >= 1 (1 turns r off)", lambda v: v >= 1)
+
+
+def check_dmax(dmax):
+    """Raises a ValueError unless `dmax` is a number >= 0."""
+    _check_number("dmax", dmax, "a number >= 0 (0 turns d off)", lambda v: v >= 0)
+
+
+def _check_microbatch_size(microbatch_size):
+    if microbatch_size is None:
+        return
+    if isinstance(microbatch_size, bool) or not isinstance(microbatch_size, numbers.Integral):
+        raise ValueError(
+            "`microbatch_size` must be None (normalize the whole batch) or a "
+            f"positive integer; got microbatch_size={microbatch_size!r}."
+        )
+    if microbatch_size <= 0:
+        raise ValueError(
+            "`microbatch_size` must be None or a positive integer; "
+            f"got microbatch_size={microbatch_size!r}."
+        )
+
+
+@keras.saving.register_keras_serializable(package="brlib")
+class BatchRenormalization(keras.layers.Layer):
+    """Batch renormalization over the whole batch or over contiguous microbatches.
+
+    In training, every microbatch B (rows [0, m), [m, 2m), ... of the batch)
+    is normalized with its own statistics and then corrected towards the
+    moving statistics µ and σ:
+
+        x̂ = (x − µ_B) / σ_B · r + d,    y = γ · x̂ + β,
+
+    with r = clip(σ_B / σ, 1/rmax, rmax) and d = clip((µ_B − µ) / σ, −dmax, dmax)
+    treated as constants by the gradient. At inference, y = γ · (x − µ) / σ + β.
+    With `rmax=1, dmax=0` the layer is batch norm over the same microbatches.
+
+    µ and σ are updated once per training step, from the mean over the
+    step's microbatches: µ ← µ + α · (mean(µ_B) − µ), likewise σ, with
+    α = 1 − momentum. `rmax` and `dmax` are non-trainable scalar weights, so
+    assigning them (`layer.rmax.assign(2.0)`, or with `brlib.RenormSchedule`)
+    takes effect inside an already traced `model.fit`.
+
+    A training step whose statistics are not finite (the batch held NaN or
+    Inf) leaves µ and σ as they were and adds one to `layer.skipped_updates`,
+    so a single bad batch cannot poison inference for the rest of training.
+    The step's output is still computed from the batch, so the loss shows it.
+
+    For teaching, `layer.fraction_r_clipped` and `layer.fraction_d_clipped`
+    hold the fraction of (microbatch, channel) values of r and d that fell
+    outside their clip bounds in the last training step.
+
+    Args:
+        axis: The channel axis; every other axis is reduced. -1 for
+            channels-last, 1 for channels-first.
+        momentum: Momentum of the moving statistics, in [0, 1]; the update
+            rate is α = 1 − momentum (0.01 in the paper).
+        epsilon: Added to the variance before the square root, > 0.
+        center: Whether to add the learned offset β.
+        scale: Whether to multiply by the learned scale γ.
+        rmax: Initial clip bound for r, >= 1.
+        dmax: Initial clip bound for d, >= 0.
+        microbatch_size: None to normalize the whole batch, or the number m of
+            consecutive examples normalized together. m must divide the batch.
+        beta_initializer: Initializer for β.
+        gamma_initializer: Initializer for γ.
+        moving_mean_initializer: Initializer for µ.
+        moving_stddev_initializer: Initializer for σ.
+        beta_regularizer: Optional regularizer for β.
+        gamma_regularizer: Optional regularizer for γ.
+        **kwargs: Base `keras.layers.Layer` arguments such as `name`, `dtype`.
+
+    Reference:
+        Sergey Ioffe, "Batch Renormalization: Towards Reducing Minibatch
+        Dependence in Batch-Normalized Models", NIPS 2017, arXiv:1702.03275,
+        Algorithm 1.
+    """
+
+    def __init__(
+        self,
+        axis=-1,
+        momentum=0.99,
+        epsilon=1e-3,
+        center=True,
+        scale=True,
+        rmax=3.0,
+        dmax=5.0,
+        microbatch_size=None,
+        beta_initializer="zeros",
+        gamma_initializer="ones",
+        moving_mean_initializer="zeros",
+        moving_stddev_initializer="ones",
+        beta_regularizer=None,
+        gamma_regularizer=None,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        if isinstance(axis, bool) or not isinstance(axis, numbers.Integral):
+            raise ValueError(f"`axis` must be an integer; got axis={axis!r}.")
+        _check_number("momentum", momentum, "a number in [0, 1]", lambda v: 0 <= v <= 1)
+        _check_number("epsilon", epsilon, "a number > 0", lambda v: v > 0)
+        check_rmax(rmax)
+        check_dmax(dmax)
+        _check_microbatch_size(microbatch_size)
+        self.axis = int(axis)
+        self.momentum = float(momentum)
+        self.epsilon = float(epsilon)
+        self.center = center
+        self.scale = scale
+        self.microbatch_size = None if microbatch_size is None else int(microbatch_size)
+        self.beta_initializer = keras.initializers.get(beta_initializer)
+        self.gamma_initializer = keras.initializers.get(gamma_initializer)
+        self.moving_mean_initializer = keras.initializers.get(moving_mean_initializer)
+        self.moving_stddev_initializer = keras.initializers.get(moving_stddev_initializer)
+        self.beta_regularizer = keras.regularizers.get(beta_regularizer)
+        self.gamma_regularizer = keras.regularizers.get(gamma_regularizer)
+        # Scalars that the training step reads, so assigning them between
+        # steps changes an already traced function.
+        self.rmax = self._scalar_weight("rmax", float(rmax), self.variable_dtype)
+        self.dmax = self._scalar_weight("dmax", float(dmax), self.variable_dtype)
+        # Diagnostics, kept in float32 whatever the layer's dtype.
+        self.fraction_r_clipped = self._scalar_weight("fraction_r_clipped", 0.0, "float32")
+        self.fraction_d_clipped = self._scalar_weight("fraction_d_clipped", 0.0, "float32")
+        self.skipped_updates = self._scalar_weight("skipped_updates", 0.0, "float32")
+
+    def _scalar_weight(self, name, value, dtype):
+        return self.add_weight(
+            shape=(),
+            name=name,
+            # keras.initializers.Constant rounds through float32; build the
+            # value directly in the weight's dtype instead.
+            initializer=lambda shape, dtype=None: ops.full(shape, value, dtype=dtype),
+            dtype=dtype,
+            trainable=False,
+            autocast=False,
+            aggregation="only_first_replica" if name in ("rmax", "dmax") else "mean",
+        )
+
+    def build(self, input_shape):
+        rank = len(input_shape)
+        if rank < 2:
+            raise ValueError(
+                "BatchRenormalization needs inputs of rank >= 2 (batch, ..., "
+                f"channels); got an input of shape {tuple(input_shape)}."
+            )
+        if not -rank <= self.axis < rank:
+            raise ValueError(
+                f"`axis` must be in [{-rank}, {rank - 1}] for inputs of rank "
+                f"{rank}; got axis={self.axis}."
+            )
+        channel_axis = self.axis % rank
+        if channel_axis == 0:
+            raise ValueError("`axis` must not be the batch axis 0; got axis=0.")
+        channels = input_shape[channel_axis]
+        if channels is None:
+            raise ValueError(f"The channel axis {self.axis} of the input must be known.")
+        # Statistics are taken on the input reshaped to (groups, m, ...):
+        # reduce over the microbatch's examples and every non-channel axis.
+        self._grouped_channel_axis = channel_axis + 1
+        self._grouped_reduction_axes = [
+            a for a in range(1, rank + 1) if a != self._grouped_channel_axis
+        ]
+        self._broadcast_shape = [1] * (rank + 1)
+        self._broadcast_shape[self._grouped_channel_axis] = channels
+        shape = (channels,)
+        self.gamma = self._channel_weight("gamma", shape, self.gamma_initializer,
+                                          self.gamma_regularizer) if self.scale else None
+        self.beta = self._channel_weight("beta", shape, self.beta_initializer,
+                                         self.beta_regularizer) if self.center else None
+        self.moving_mean = self._channel_weight("moving_mean", shape,
+                                                self.moving_mean_initializer)
+        self.moving_stddev = self._channel_weight("moving_stddev", shape,
+                                                  self.moving_stddev_initializer)
+        self.input_spec = keras.layers.InputSpec(ndim=rank, axes={channel_axis: channels})
+
+    def _channel_weight(self, name, shape, initializer, regularizer=None):
+        trainable = name in ("gamma", "beta")
+        return self.add_weight(
+            shape=shape,
+            name=name,
+            initializer=initializer,
+            regularizer=regularizer,
+            trainable=trainable,
+            autocast=False,
+            aggregation="none" if trainable else "mean",
+        )
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def call(self, inputs, training=None):
+        stats_dtype = keras.backend.result_type(inputs.dtype, "float32")
+        x = ops.cast(inputs, stats_dtype)
+        if training and self.trainable:
+            outputs = ops.reshape(self._train_step(self._group(x)), ops.shape(x))
+        else:
+            outputs = self._infer(x)
+        return ops.cast(outputs, self.compute_dtype)
+
+    def _param(self, weight, dtype, default):
+        if weight is None:
+            return ops.cast(default, dtype)
+        return ops.reshape(ops.cast(weight, dtype), self._broadcast_shape)
+
+    def _group(self, x):
+        """Reshapes (N, ...) to (N / m, m, ...); the whole batch is one group."""
+        if self.microbatch_size is None:
+            return ops.expand_dims(x, 0)
+        m = self.microbatch_size
+        batch = x.shape[0]
+        if batch is not None and batch % m:
+            raise ValueError(
+                f"`microbatch_size`={m} must divide the batch size; got a batch "
+                f"of {batch} examples. Use a batch size that is a multiple of {m}."
+            )
+        if batch is None:
+            x = _assert_divisible(x, m)
+        return ops.reshape(x, (-1, m) + tuple(ops.shape(x)[1:]))
+
+    def _train_step(self, x):
+        dtype = x.dtype
+        gamma = self._param(self.gamma, dtype, 1.0)
+        beta = self._param(self.beta, dtype, 0.0)
+        mu = self._param(self.moving_mean, dtype, 0.0)
+        sigma = self._param(self.moving_stddev, dtype, 1.0)
+        rmax = ops.cast(self.rmax, dtype)
+        dmax = ops.cast(self.dmax, dtype)
+
+        mean_b, var_b = ops.moments(x, axes=self._grouped_reduction_axes, keepdims=True)
+        sigma_b = ops.sqrt(var_b + self.epsilon)  # σ_B = sqrt(var + ε)
+        r_free = ops.stop_gradient(sigma_b / sigma)
+        d_free = ops.stop_gradient((mean_b - mu) / sigma)
+        r = ops.clip(r_free, 1.0 / rmax, rmax)  # r = clip(σ_B/σ, 1/rmax, rmax)
+        d = ops.clip(d_free, -dmax, dmax)  # d = clip((µ_B − µ)/σ, −dmax, dmax)
+        # γ((x − µ_B)/σ_B · r + d) + β folds into one scale and one shift per
+        # (microbatch, channel), so the activations are touched in one pass.
+        x_scale = gamma * r / sigma_b
+        x_shift = beta + gamma * d - mean_b * x_scale
+        outputs = x * x_scale + x_shift
+
+        self._update_moving_statistics(mean_b, sigma_b)
+        self._record_clipping(r_free, d_free, rmax, dmax)
+        return outputs
+
+    def _infer(self, x):
+        dtype = x.dtype
+        gamma, beta = self._param(self.gamma, dtype, 1.0), self._param(self.beta, dtype, 0.0)
+        mu = self._param(self.moving_mean, dtype, 0.0)
+        sigma = self._param(self.moving_stddev, dtype, 1.0)
+        x_scale = ops.squeeze(gamma / sigma, 0)  # y = γ(x − µ)/σ + β
+        x_shift = ops.squeeze(beta - mu * gamma / sigma, 0)
+        return x * x_scale + x_shift
+
+    def _update_moving_statistics(self, mean_b, sigma_b):
+        step_mean = ops.reshape(ops.mean(mean_b, axis=0), (-1,))
+        step_sigma = ops.reshape(ops.mean(sigma_b, axis=0), (-1,))
+        finite = ops.logical_and(ops.all(ops.isfinite(step_mean)),
+                                 ops.all(ops.isfinite(step_sigma)))
+        alpha = 1.0 - self.momentum
+        for weight, target in ((self.moving_mean, step_mean), (self.moving_stddev, step_sigma)):
+            old = ops.cast(weight, target.dtype)
+            new = old + alpha * (target - old)  # µ := µ + α(µ_B − µ)
+            weight.assign(ops.cast(ops.where(finite, new, old), weight.dtype))
+        self.skipped_updates.assign(self.skipped_updates + ops.where(finite, 0.0, 1.0))
+
+    def _record_clipping(self, r_free, d_free, rmax, dmax):
+        r_out = ops.logical_or(r_free < 1.0 / rmax, r_free > rmax)
+        d_out = ops.abs(d_free) > dmax
+        self.fraction_r_clipped.assign(ops.mean(ops.cast(r_out, "float32")))
+        self.fraction_d_clipped.assign(ops.mean(ops.cast(d_out, "float32")))
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "axis": self.axis,
+                "momentum": self.momentum,
+                "epsilon": self.epsilon,
+                "center": self.center,
+                "scale": self.scale,
+                "rmax": float(ops.convert_to_numpy(self.rmax)),
+                "dmax": float(ops.convert_to_numpy(self.dmax)),
+                "microbatch_size": self.microbatch_size,
+                "beta_initializer": keras.initializers.serialize(self.beta_initializer),
+                "gamma_initializer": keras.initializers.serialize(self.gamma_initializer),
+                "moving_mean_initializer": keras.initializers.serialize(
+                    self.moving_mean_initializer
+                ),
+                "moving_stddev_initializer": keras.initializers.serialize(
+                    self.moving_stddev_initializer
+                ),
+                "beta_regularizer": keras.regularizers.serialize(self.beta_regularizer),
+                "gamma_regularizer": keras.regularizers.serialize(self.gamma_regularizer),
+            }
+        )
+        return config
+
+
+def _assert_divisible(x, m):
+    """Fails at run time when a batch of unknown size is not a multiple of m."""
+    if keras.backend.backend() != "tensorflow":
+        return x
+    import tensorflow as tf
+
+    check = tf.debugging.assert_equal(
+        tf.math.floormod(tf.shape(x)[0], m),
+        0,
+        message=f"`microbatch_size`={m} must divide the batch size",
+    )
+    with tf.control_dependencies([check]):
+        return tf.identity(x)

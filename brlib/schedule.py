@@ -1,0 +1,95 @@
+"""The rmax/dmax warm-up and ramp of batch renormalization."""
+
+import numbers
+
+import keras
+import numpy as np
+
+from brlib.layers import BatchRenormalization, check_dmax, check_rmax
+
+
+def _check_step_count(name, value):
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
+        raise ValueError(f"`{name}` must be an integer >= 0; got {name}={value!r}.")
+
+
+def _ramp(step, start, end, final):
+    """1 → `final` (or 0 → `final` for d) linearly between steps start and end."""
+    step = np.asarray(step, dtype=np.float64)
+    if end > start:
+        progress = np.clip((step - start) / (end - start), 0.0, 1.0)
+    else:
+        progress = (step >= end).astype(np.float64)
+    return progress * final
+
+
+class RenormSchedule(keras.callbacks.Callback):
+    """The paper's rmax/dmax schedule, as a function of the step and as a callback.
+
+    rmax = 1 and dmax = 0 until `warmup_steps`; then both grow linearly,
+    reaching `rmax_final` at `rmax_steps` and `dmax_final` at `dmax_steps`,
+    and stay there. Called with a step (or an array of steps) it returns
+    `(rmax, dmax)`, for custom training loops and plots. Passed to
+    `model.fit`, it sets `rmax` and `dmax` of every `BatchRenormalization`
+    layer in the model, nested models included, before each batch, keyed to
+    the optimizer's iteration count so that a resumed run picks up where it
+    stopped.
+
+    Args:
+        warmup_steps: Steps during which the layer is plain batch norm.
+        rmax_final: Final rmax, >= 1.
+        rmax_steps: Step at which rmax reaches `rmax_final`, >= warmup_steps.
+        dmax_final: Final dmax, >= 0.
+        dmax_steps: Step at which dmax reaches `dmax_final`, >= warmup_steps.
+
+    Reference:
+        Sergey Ioffe, "Batch Renormalization", arXiv:1702.03275, Section 4:
+        rmax = 1, dmax = 0 for 5k steps, then rmax = 3 at 40k and dmax = 5 at 25k.
+    """
+
+    def __init__(self, warmup_steps=5000, rmax_final=3.0, rmax_steps=40000,
+                 dmax_final=5.0, dmax_steps=25000):
+        super().__init__()
+        for name, value in (("warmup_steps", warmup_steps), ("rmax_steps", rmax_steps),
+                            ("dmax_steps", dmax_steps)):
+            _check_step_count(name, value)
+        for name, value in (("rmax_steps", rmax_steps), ("dmax_steps", dmax_steps)):
+            if value < warmup_steps:
+                raise ValueError(
+                    f"`{name}` must be >= warmup_steps={warmup_steps}; got {name}={value}."
+                )
+        check_rmax(rmax_final)
+        check_dmax(dmax_final)
+        self.warmup_steps = warmup_steps
+        self.rmax_final = float(rmax_final)
+        self.rmax_steps = rmax_steps
+        self.dmax_final = float(dmax_final)
+        self.dmax_steps = dmax_steps
+
+    def __call__(self, step):
+        """Returns (rmax, dmax) at `step`: floats, or arrays for an array of steps."""
+        rmax = 1.0 + _ramp(step, self.warmup_steps, self.rmax_steps, self.rmax_final - 1.0)
+        dmax = _ramp(step, self.warmup_steps, self.dmax_steps, self.dmax_final)
+        if np.ndim(step) == 0:
+            return float(rmax), float(dmax)
+        return rmax, dmax
+
+    def apply(self, model, step):
+        """Sets rmax and dmax of every BatchRenormalization layer in `model`."""
+        rmax, dmax = self(step)
+        for layer in renorm_layers(model):
+            layer.rmax.assign(rmax)
+            layer.dmax.assign(dmax)
+
+    def on_train_batch_begin(self, batch, logs=None):
+        step = int(keras.ops.convert_to_numpy(self.model.optimizer.iterations))
+        self.apply(self.model, step)
+
+
+def renorm_layers(model):
+    """All BatchRenormalization layers inside `model`, at any depth."""
+    return [
+        layer
+        for layer in model._flatten_layers(include_self=True, recursive=True)
+        if isinstance(layer, BatchRenormalization)
+    ]
