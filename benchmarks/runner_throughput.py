@@ -70,9 +70,13 @@ def measure(preset, rounds, steps, memory_steps):
         batches.append((run.x_train[order], run.y_train[order]))
     runner_seconds(run, 0, 2)  # trace
     runner, bare = [], []
-    for round_ in range(rounds):
-        runner.append(runner_seconds(run, 2 + round_ * steps, steps))
-        bare.append(bare_seconds(run, batches))
+    for round_ in range(rounds):  # alternate which goes first, so order cannot favour one
+        first_step = 2 + round_ * steps
+        if round_ % 2:
+            bare.append(bare_seconds(run, batches))
+        runner.append(runner_seconds(run, first_step, steps))
+        if not round_ % 2:
+            bare.append(bare_seconds(run, batches))
     runner_rate = steps * size / np.median(runner)
     bare_rate = steps * size / np.median(bare)
     before = rss_mb()
