@@ -17,6 +17,7 @@ from pathlib import Path
 
 import keras
 import numpy as np
+import tensorflow as tf
 
 import brlib.data
 from brlib.layers import BatchRenormalization
@@ -197,8 +198,6 @@ class Run:
     """Trains one (preset, arm, seed) and evaluates the inference model every k steps."""
 
     def __init__(self, preset, arm, seed, dataset, strategy=None):
-        import tensorflow as tf
-
         self.preset, self.arm, self.seed = preset, arm, seed
         (self.x_train, self.y_train), (self.x_test, self.y_test) = dataset
         self.strategy = strategy or tf.distribute.get_strategy()
@@ -227,8 +226,6 @@ class Run:
         return list(self.model.variables) + list(self.optimizer.variables) + [self.sums]
 
     def _replica_step(self, images, labels):
-        import tensorflow as tf
-
         with tf.GradientTape() as tape:
             logits = self.model(images, training=True)
             # The gradient is the mean over the whole minibatch, on every replica.
@@ -240,8 +237,6 @@ class Run:
         return loss, r, d
 
     def _distributed_step(self, images, labels):
-        import tensorflow as tf
-
         loss, r, d = self.strategy.run(self._replica_step, args=(images, labels))
         reduce = self.strategy.reduce
         replicas = self.strategy.num_replicas_in_sync
@@ -299,8 +294,6 @@ def run_one(preset, arm, seed, dataset, results_dir, strategy=None, on_step=None
     Returns the path of the finished CSV. A CSV that already exists is left
     alone. `on_step(step)` is called after every training step (progress bars).
     """
-    import tensorflow as tf
-
     path = result_path(results_dir, preset, arm, seed)
     if path.exists():
         return path
