@@ -1,0 +1,192 @@
+"""Interactive panels for the notebooks: pure functions that compute and draw, and builders that wire sliders to them.
+
+The pure functions take numbers and return arrays, text or a matplotlib
+figure, so they are unit-tested without a browser. The builders return
+ipywidgets containers and work with ipywidgets 7.7 (Colab) and 8.
+"""
+
+import numpy as np
+
+from brlib.layers import BatchRenormalization
+from brlib.schedule import RenormSchedule
+
+REPOSITORY = "brlib-team/brlib"  # GitHub owner/name used by the Colab badges
+
+
+def colab_url(notebook):
+    """The Colab address of a notebook of this repository."""
+    return f"https://colab.research.google.com/github/{REPOSITORY}/blob/main/notebooks/{notebook}"
+
+
+# ---------------------------------------------------------------------------
+# Pure functions
+# ---------------------------------------------------------------------------
+def simulate_corrections(microbatch_size, values_per_example=1, microbatches=4000, seed=0):
+    """Unclipped r = σ_B/σ and d = (µ_B − µ)/σ of microbatches drawn from N(µ, σ²).
+
+    Args:
+        microbatch_size: Examples per microbatch, m >= 2 (one example has σ_B = √ε).
+        values_per_example: Values each example adds to the statistics (the
+            spatial positions of a convolution's channel).
+        microbatches: How many microbatches to draw.
+        seed: Seed of the draw.
+
+    Returns:
+        (r, d), two arrays of length `microbatches`.
+    """
+    if microbatch_size < 2:
+        raise ValueError(f"`microbatch_size` must be >= 2; got {microbatch_size}.")
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(microbatches, microbatch_size * values_per_example))
+    return np.sqrt(x.var(axis=1) + 1e-3), x.mean(axis=1)  # population µ = 0, σ = 1
+
+
+def clip_fractions(r, d, rmax, dmax):
+    """Fractions of r outside [1/rmax, rmax] and of d outside [−dmax, dmax]."""
+    return float(np.mean((r < 1 / rmax) | (r > rmax))), float(np.mean(np.abs(d) > dmax))
+
+
+def clip_text(r, d, rmax, dmax):
+    fraction_r, fraction_d = clip_fractions(r, d, rmax, dmax)
+    return f"clipped: r {100 * fraction_r:.1f} %, d {100 * fraction_d:.1f} %"
+
+
+def clip_figure(r, d, rmax, dmax):
+    """Histograms of r and d with the clip bounds drawn in."""
+    import matplotlib.pyplot as plt
+
+    fig, (ax_r, ax_d) = plt.subplots(1, 2, figsize=(9, 3))
+    ax_r.hist(r, bins=60, color="tab:blue", alpha=0.7)
+    for bound in (1 / rmax, rmax):
+        ax_r.axvline(bound, color="tab:red")
+    ax_r.set(xlabel="r = σ_B / σ", title=f"rmax = {rmax:.2f}")
+    ax_d.hist(d, bins=60, color="tab:green", alpha=0.7)
+    for bound in (-dmax, dmax):
+        ax_d.axvline(bound, color="tab:red")
+    ax_d.set(xlabel="d = (µ_B − µ) / σ", title=f"dmax = {dmax:.2f}")
+    fig.tight_layout()
+    return fig
+
+
+def train_vs_inference(x, microbatch_size, rmax, dmax):
+    """Outputs of brlib's layer in training and in inference mode on the same x.
+
+    The moving statistics are set to the population's (mean 0, stddev 1 of
+    x's generator), so inference is the normalization renorm aims at.
+    """
+    layer = BatchRenormalization(rmax=rmax, dmax=dmax, microbatch_size=microbatch_size)
+    layer.build(x.shape)  # µ = 0 and σ = 1 until the training call updates them
+    train = np.asarray(layer(x, training=True))
+    layer.moving_mean.assign(np.zeros(x.shape[-1]))
+    layer.moving_stddev.assign(np.ones(x.shape[-1]))
+    return train, np.asarray(layer(x, training=False))
+
+
+def train_vs_inference_figure(train, infer, rmax, dmax):
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(4.5, 4))
+    ax.scatter(infer.ravel(), train.ravel(), s=4, alpha=0.5)
+    line = np.array([infer.min(), infer.max()])
+    ax.plot(line, line, color="black", lw=1)
+    gap = np.sqrt(np.mean((train - infer) ** 2))
+    ax.set(xlabel="inference output (x − µ)/σ", ylabel="training output",
+           title=f"rmax {rmax:.2f}, dmax {dmax:.2f}: RMS gap {gap:.3f}")
+    fig.tight_layout()
+    return fig
+
+
+def schedule_figure(warmup_steps, rmax_final, rmax_steps, dmax_final, dmax_steps, steps=None):
+    import matplotlib.pyplot as plt
+
+    schedule = RenormSchedule(warmup_steps, rmax_final, rmax_steps, dmax_final, dmax_steps)
+    steps = np.linspace(0, steps or 1.25 * max(rmax_steps, dmax_steps, 1), 400)
+    rmax, dmax = schedule(steps)
+    fig, ax = plt.subplots(figsize=(6, 3))
+    ax.plot(steps, rmax, label="rmax")
+    ax.plot(steps, dmax, label="dmax")
+    ax.axvline(warmup_steps, color="gray", ls=":", label="end of warm-up")
+    ax.set(xlabel="training step", ylabel="clip bound")
+    ax.legend()
+    fig.tight_layout()
+    return fig
+
+
+# ---------------------------------------------------------------------------
+# Builders
+# ---------------------------------------------------------------------------
+def _panel(sliders, draw):
+    """Sliders above an output area; `draw(**values)` returns (figure, text or None)."""
+    import ipywidgets as widgets
+    import matplotlib.pyplot as plt
+    from IPython.display import display
+
+    label = widgets.HTML()
+    output = widgets.Output()
+
+    def refresh(_change=None):
+        fig, text = draw(**{name: slider.value for name, slider in sliders.items()})
+        label.value = f"<b>{text}</b>" if text else ""
+        with output:
+            output.clear_output(wait=True)
+            display(fig)
+        plt.close(fig)
+
+    for slider in sliders.values():
+        slider.observe(refresh, names="value")
+    refresh()
+    return widgets.VBox([widgets.HBox(list(sliders.values())), label, output])
+
+
+def _slider(description, value, low, high, step):
+    import ipywidgets as widgets
+
+    return widgets.FloatSlider(value=value, min=low, max=high, step=step,
+                               description=description, continuous_update=False)
+
+
+def clip_explorer(microbatch_size=4, values_per_example=1, rmax=1.5, dmax=0.5):
+    """Sliders for rmax and dmax over histograms of simulated r and d, with the clipped share."""
+    r, d = simulate_corrections(microbatch_size, values_per_example)
+    sliders = {"rmax": _slider("rmax", rmax, 1.0, 5.0, 0.05),
+               "dmax": _slider("dmax", dmax, 0.0, 5.0, 0.05)}
+    return _panel(sliders, lambda rmax, dmax: (clip_figure(r, d, rmax, dmax),
+                                               clip_text(r, d, rmax, dmax)))
+
+
+def train_inference_explorer(microbatch_size=4, rmax=1.0, dmax=0.0, seed=0):
+    """Sliders for rmax and dmax over training-mode against inference-mode outputs."""
+    x = np.random.default_rng(seed).normal(size=(64, 3)).astype(np.float32)
+
+    def draw(rmax, dmax):
+        train, infer = train_vs_inference(x, microbatch_size, rmax, dmax)
+        return train_vs_inference_figure(train, infer, rmax, dmax), None
+
+    sliders = {"rmax": _slider("rmax", rmax, 1.0, 5.0, 0.05),
+               "dmax": _slider("dmax", dmax, 0.0, 5.0, 0.05)}
+    return _panel(sliders, draw)
+
+
+def schedule_explorer(warmup_steps=5000, rmax_final=3.0, rmax_steps=40000, dmax_final=5.0,
+                      dmax_steps=25000):
+    """Sliders for the warm-up end, the ramp ends and the final values of the schedule."""
+    import ipywidgets as widgets
+
+    def steps_slider(description, value):
+        return widgets.IntSlider(value=value, min=0, max=80000, step=500,
+                                 description=description, continuous_update=False)
+
+    sliders = {"warmup_steps": steps_slider("warm-up", warmup_steps),
+               "rmax_steps": steps_slider("rmax end", rmax_steps),
+               "dmax_steps": steps_slider("dmax end", dmax_steps),
+               "rmax_final": _slider("rmax", rmax_final, 1.0, 5.0, 0.1),
+               "dmax_final": _slider("dmax", dmax_final, 0.0, 8.0, 0.1)}
+
+    def draw(warmup_steps, rmax_final, rmax_steps, dmax_final, dmax_steps):
+        # A ramp may not end before the warm-up does: clamp instead of failing mid-drag.
+        rmax_steps, dmax_steps = max(rmax_steps, warmup_steps), max(dmax_steps, warmup_steps)
+        fig = schedule_figure(warmup_steps, rmax_final, rmax_steps, dmax_final, dmax_steps,
+                              steps=80000)
+        return fig, None
+
+    return _panel(sliders, draw)

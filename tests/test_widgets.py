@@ -1,0 +1,78 @@
+"""brlib.widgets: the pure functions against direct computations, and the builders' wiring."""
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+import brlib as br  # noqa: E402
+from brlib import widgets  # noqa: E402
+
+
+def test_simulated_corrections_have_the_sampling_spread():
+    m, k = 4, 9
+    r, d = widgets.simulate_corrections(m, values_per_example=k, microbatches=20000)
+    # µ_B of m·k draws from N(0, 1) has standard deviation 1/√(m·k).
+    assert abs(d.std() - 1 / np.sqrt(m * k)) < 0.02 / np.sqrt(m * k) * 5
+    assert abs(d.mean()) < 0.01 and 0.8 < r.mean() < 1.0  # σ_B is biased low for small groups
+
+
+def test_clip_fractions_count_values_outside_the_bounds():
+    r = np.array([0.4, 0.6, 1.0, 1.4, 1.6, 2.5])
+    d = np.array([-0.9, -0.2, 0.0, 0.3, 0.6, 2.0])
+    expected_r = sum(1 for v in r if v < 1 / 1.5 or v > 1.5) / len(r)
+    expected_d = sum(1 for v in d if abs(v) > 0.5) / len(d)
+    assert widgets.clip_fractions(r, d, 1.5, 0.5) == (expected_r, expected_d)
+    assert widgets.clip_text(r, d, 1.5, 0.5) == "clipped: r 66.7 %, d 50.0 %"
+
+
+def test_wider_bounds_clip_less():
+    r, d = widgets.simulate_corrections(2)
+    fractions = [widgets.clip_fractions(r, d, rmax, rmax - 1) for rmax in (1.0, 1.5, 2, 3)]
+    assert fractions[0] == (1.0, 1.0)
+    shares_of_r = [fraction_r for fraction_r, _ in fractions]
+    assert all(wide < narrow for narrow, wide in zip(shares_of_r, shares_of_r[1:]))
+
+
+def test_train_and_inference_agree_only_without_clipping():
+    x = np.random.default_rng(0).normal(size=(32, 3)).astype(np.float32)
+    train, infer = widgets.train_vs_inference(x, 4, rmax=1e6, dmax=1e6)
+    np.testing.assert_allclose(train, infer, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(infer, x, rtol=1e-5, atol=1e-5)  # µ = 0, σ = 1
+    train, infer = widgets.train_vs_inference(x, 4, rmax=1.0, dmax=0.0)
+    assert np.sqrt(np.mean((train - infer) ** 2)) > 0.1
+
+
+def test_schedule_figure_draws_the_schedule():
+    fig = widgets.schedule_figure(10, 3.0, 50, 5.0, 30, steps=100)
+    rmax_line, dmax_line = fig.axes[0].get_lines()[:2]
+    expected = br.RenormSchedule(10, 3.0, 50, 5.0, 30)(rmax_line.get_xdata())
+    np.testing.assert_allclose(rmax_line.get_ydata(), expected[0])
+    np.testing.assert_allclose(dmax_line.get_ydata(), expected[1])
+
+
+def test_clip_explorer_updates_its_text_when_a_slider_moves():
+    pytest.importorskip("ipywidgets")
+    panel = widgets.clip_explorer(microbatch_size=2, rmax=1.5, dmax=0.5)
+    sliders, label = panel.children[0].children, panel.children[1]
+    before = label.value
+    sliders[0].value = 3.0
+    assert label.value != before and "clipped" in label.value
+    r, d = widgets.simulate_corrections(2)
+    assert widgets.clip_text(r, d, 3.0, 0.5) in label.value
+
+
+def test_other_explorers_build():
+    pytest.importorskip("ipywidgets")
+    assert len(widgets.train_inference_explorer().children[0].children) == 2
+    schedule = widgets.schedule_explorer()
+    sliders = schedule.children[0].children
+    sliders[0].value = 60000  # warm-up past the ramp ends: clamped, not an error
+    assert len(sliders) == 5
+
+
+def test_colab_url():
+    assert widgets.colab_url("02_renorm_derivation.ipynb").endswith(
+        "/blob/main/notebooks/02_renorm_derivation.ipynb")
