@@ -359,3 +359,28 @@ class Progress:
         self.stream.write(f"{self.done}/{self.total} steps ({100 * self.done / self.total:.0f}%) "
                           f"{self.label}, {elapsed:.0f}s elapsed, ETA {eta:.0f}s{end}")
         self.stream.flush()
+
+
+def compare(dataset, microbatch_size=2, rmax=3.0, dmax=5.0, steps=150, minibatch_size=64,
+            evaluations=5, seed=0, widths=(8, 16, 32)):
+    """Batch norm against batch renorm with fixed rmax and dmax, on a small model, in memory.
+
+    For the notebooks' Run button: no files, no schedule (renorm runs with
+    the given clip bounds from the first step). Returns
+    {arm: (steps, test accuracies)}.
+    """
+    preset = get_preset("quick", microbatch_size=microbatch_size,
+                        minibatch_size=minibatch_size, steps=steps,
+                        eval_every=max(steps // evaluations, 1), warmup_steps=0,
+                        rmax_final=rmax, rmax_steps=0, dmax_final=dmax, dmax_steps=0,
+                        widths=tuple(widths), dropout=0.0)
+    curves = {}
+    for arm in ("batchnorm", "batchrenorm"):
+        run = Run(preset, arm, seed, dataset)
+        points = []
+        for step in range(preset.steps):
+            run.train_step(step)
+            if (step + 1) % preset.eval_every == 0:
+                points.append((step + 1, run.evaluate()[0]))
+        curves[arm] = tuple(np.array(column) for column in zip(*points))
+    return curves

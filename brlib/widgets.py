@@ -190,3 +190,54 @@ def schedule_explorer(warmup_steps=5000, rmax_final=3.0, rmax_steps=40000, dmax_
         return fig, None
 
     return _panel(sliders, draw)
+
+
+def comparison_figure(curves):
+    import matplotlib.pyplot as plt
+
+    from brlib.plots import COLORS, LABELS
+
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    for arm, (steps, accuracy) in curves.items():
+        ax.plot(steps, 100 * accuracy, marker="o", color=COLORS[arm],
+                label=f"{LABELS[arm]} ({100 * accuracy[-1]:.1f}%)")
+    ax.set(xlabel="training step", ylabel="test accuracy (%)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    return fig
+
+
+def experiment_form(dataset, steps=150):
+    """Microbatch size, rmax, dmax and steps, with a Run button that trains both arms and plots them.
+
+    The returned box has `.run_button`, so a notebook can also press it from code.
+    """
+    import ipywidgets as widgets
+    import matplotlib.pyplot as plt
+    from IPython.display import display
+
+    from brlib.experiment import compare
+
+    microbatch = widgets.Dropdown(options=[2, 4, 8, 16, 32], value=2, description="microbatch")
+    rmax = _slider("rmax", 3.0, 1.0, 5.0, 0.1)
+    dmax = _slider("dmax", 5.0, 0.0, 8.0, 0.1)
+    step_count = widgets.IntSlider(value=steps, min=50, max=400, step=50, description="steps")
+    button = widgets.Button(description="Run", button_style="primary")
+    output = widgets.Output()
+
+    def run(_button=None):
+        with output:
+            output.clear_output(wait=True)
+            print(f"training batch norm and batch renorm for {step_count.value} steps …")
+            curves = compare(dataset, microbatch.value, rmax.value, dmax.value, step_count.value)
+            output.clear_output(wait=True)
+            fig = comparison_figure(curves)
+            display(fig)
+            plt.close(fig)
+
+    button.on_click(run)
+    box = widgets.VBox([widgets.HBox([microbatch, rmax, dmax]), widgets.HBox([step_count, button]),
+                        output])
+    box.run_button = button
+    return box

@@ -192,3 +192,12 @@ def test_mirrored_strategy_matches_one_device_and_keeps_replicas_identical():
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout + done.stderr[-3000:]
     assert "train loss" in done.stdout
+
+
+def test_compare_trains_both_arms_on_the_same_data():
+    curves = experiment.compare(tiny_data(), microbatch_size=2, rmax=2.0, dmax=1.0, steps=10,
+                                minibatch_size=32, evaluations=2, widths=(4, 4, 4))
+    assert set(curves) == {"batchnorm", "batchrenorm"}
+    for steps, accuracy in curves.values():
+        np.testing.assert_array_equal(steps, [5, 10])
+        assert np.all((0 <= accuracy) & (accuracy <= 1))

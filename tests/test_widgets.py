@@ -76,3 +76,22 @@ def test_other_explorers_build():
 def test_colab_url():
     assert widgets.colab_url("02_renorm_derivation.ipynb").endswith(
         "/blob/main/notebooks/02_renorm_derivation.ipynb")
+
+
+def test_experiment_form_runs_compare_with_the_form_values(monkeypatch):
+    pytest.importorskip("ipywidgets")
+    from brlib import experiment
+
+    calls = []
+
+    def fake_compare(dataset, microbatch_size, rmax, dmax, steps):
+        calls.append((dataset, microbatch_size, rmax, dmax, steps))
+        return {"batchnorm": (np.array([1, 2]), np.array([0.1, 0.2])),
+                "batchrenorm": (np.array([1, 2]), np.array([0.1, 0.3]))}
+
+    monkeypatch.setattr(experiment, "compare", fake_compare)
+    form = widgets.experiment_form("data", steps=100)
+    microbatch, rmax, dmax = form.children[0].children
+    microbatch.value, rmax.value, dmax.value = 4, 2.0, 1.5
+    form.run_button.click()
+    assert calls == [("data", 4, 2.0, 1.5, 100)]
