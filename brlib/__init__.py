@@ -4,10 +4,10 @@
     layer = br.BatchRenormalization(microbatch_size=4)
 """
 
-from brlib import diagnostics, models
+from brlib import data, diagnostics, experiment, models, plots, widgets
 from brlib.layers import BatchRenormalization
 from brlib.schedule import RenormSchedule, renorm_layers
 
 __version__ = "0.1.0"
 
-__all__ = ["diagnostics", "models", "BatchRenormalization", "RenormSchedule", "renorm_layers", "__version__"]
+__all__ = ["data", "diagnostics", "experiment", "models", "plots", "widgets", "BatchRenormalization", "RenormSchedule", "renorm_layers", "__version__"]
