@@ -67,10 +67,15 @@ def figure2(results, title):
 
 def save_figure(fig, name, figures_dir="figures"):
     """Saves `fig` as figures/<name>.png and .svg; returns the two paths."""
+    import matplotlib
+
     directory = Path(figures_dir)
     directory.mkdir(parents=True, exist_ok=True)
     paths = [directory / f"{name}.{suffix}" for suffix in ("png", "svg")]
-    for path in paths:
-        fig.savefig(path, dpi=120, bbox_inches="tight",
-                    metadata={"Date": None} if path.suffix == ".svg" else None)
+    # A fixed salt and no date make the SVG's ids and text the same on every run,
+    # so regenerating a figure changes its file only if the figure changed.
+    with matplotlib.rc_context({"svg.hashsalt": "brlib"}):
+        for path in paths:
+            fig.savefig(path, dpi=120, bbox_inches="tight",
+                        metadata={"Date": None} if path.suffix == ".svg" else None)
     return paths
