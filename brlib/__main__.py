@@ -11,7 +11,7 @@ def _parser():
     run = commands.add_parser("reproduce", help="train every arm and seed of a preset")
     run.add_argument("--preset", required=True)
     run.add_argument("--seeds", type=int, help="number of seeds (default: the preset's)")
-    run.add_argument("--arms", nargs="+", default=["batchnorm", "batchrenorm", "baseline"])
+    run.add_argument("--arms", nargs="+", help="default: batchnorm batchrenorm baseline")
     run.add_argument("--steps", type=int, help="override the preset's training steps")
     run.add_argument("--eval-every", type=int, help="override the evaluation interval")
     run.add_argument("--results-dir", default="data/results")
@@ -33,8 +33,8 @@ def main(argv=None):
             {"steps": args.steps, "eval_every": args.eval_every}
             if args.command == "reproduce" else {}))
         if args.command == "reproduce":
-            paths = experiment.reproduce(preset, args.arms, args.seeds, args.results_dir,
-                                         args.data_dir)
+            paths = experiment.reproduce(preset, args.arms or experiment.ARMS, args.seeds,
+                                         args.results_dir, args.data_dir)
             print(f"\n{len(paths)} result files in {os.path.join(args.results_dir, preset.name)}")
         else:
             import matplotlib

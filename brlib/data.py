@@ -128,8 +128,7 @@ def fashion_mnist(data_dir=None, download=True):
 # ---------------------------------------------------------------------------
 # CIFAR: pickles inside a tar.gz
 # ---------------------------------------------------------------------------
-def _read_cifar(archive_name, members, label_key, data_dir, download):
-    dataset = "cifar100" if "100" in archive_name else "cifar10"
+def _read_cifar(dataset, archive_name, members, label_key, data_dir, download):
     directory = _locate(dataset, [archive_name], data_dir, download, [CIFAR_URL + archive_name])
     raw = (directory / archive_name).read_bytes()
     _verify(archive_name, raw, directory / archive_name)  # before any unpickling
@@ -148,7 +147,7 @@ def _read_cifar(archive_name, members, label_key, data_dir, download):
 
 def cifar100(data_dir=None, download=True):
     """CIFAR-100: 50k train and 10k test images of 32×32×3, 100 fine labels."""
-    return _read_cifar("cifar-100-python.tar.gz",
+    return _read_cifar("cifar100", "cifar-100-python.tar.gz",
                        [["cifar-100-python/train"], ["cifar-100-python/test"]],
                        b"fine_labels", data_dir, download)
 
@@ -156,8 +155,8 @@ def cifar100(data_dir=None, download=True):
 def cifar10(data_dir=None, download=True):
     """CIFAR-10: 50k train and 10k test images of 32×32×3, 10 classes."""
     train = [f"cifar-10-batches-py/data_batch_{i}" for i in range(1, 6)]
-    return _read_cifar("cifar-10-python.tar.gz", [train, ["cifar-10-batches-py/test_batch"]],
-                       b"labels", data_dir, download)
+    return _read_cifar("cifar10", "cifar-10-python.tar.gz",
+                       [train, ["cifar-10-batches-py/test_batch"]], b"labels", data_dir, download)
 
 
 def _images(uint8_images):
