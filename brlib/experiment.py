@@ -113,12 +113,18 @@ def check_arms(arms):
     return list(arms)
 
 
+def group_size(arm, preset):
+    """Examples normalized together in `arm`: 32 for the baseline, else the microbatch."""
+    return BASELINE_GROUP if arm == "baseline" else preset.microbatch_size
+
+
 def normalization_for(arm, preset):
-    """A factory of the arm's normalization layer."""
-    if arm == "batchrenorm":
-        return lambda: BatchRenormalization(rmax=1.0, dmax=0.0,
-                                            microbatch_size=preset.microbatch_size)
-    group = BASELINE_GROUP if arm == "baseline" else preset.microbatch_size
+    """A factory of the arm's normalization layer.
+
+    Every arm starts as batch norm (rmax = 1, dmax = 0); only batchrenorm's
+    bounds are then opened, step by step, by its RenormSchedule.
+    """
+    group = group_size(arm, preset)
     return lambda: BatchRenormalization(rmax=1.0, dmax=0.0, microbatch_size=group)
 
 
@@ -202,7 +208,7 @@ class Run:
         (self.x_train, self.y_train), (self.x_test, self.y_test) = dataset
         self.strategy = strategy or tf.distribute.get_strategy()
         replicas = self.strategy.num_replicas_in_sync
-        group = BASELINE_GROUP if arm == "baseline" else preset.microbatch_size
+        group = group_size(arm, preset)
         if preset.minibatch_size % (replicas * group):
             raise ValueError(
                 f"`minibatch_size`={preset.minibatch_size} must split into {replicas} "

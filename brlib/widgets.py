@@ -145,12 +145,15 @@ def _slider(description, value, low, high, step):
                                description=description, continuous_update=False)
 
 
+def _clip_sliders(rmax, dmax):
+    return {"rmax": _slider("rmax", rmax, 1.0, 5.0, 0.05),
+            "dmax": _slider("dmax", dmax, 0.0, 5.0, 0.05)}
+
+
 def clip_explorer(microbatch_size=4, values_per_example=1, rmax=1.5, dmax=0.5):
     """Sliders for rmax and dmax over histograms of simulated r and d, with the clipped share."""
     r, d = simulate_corrections(microbatch_size, values_per_example)
-    sliders = {"rmax": _slider("rmax", rmax, 1.0, 5.0, 0.05),
-               "dmax": _slider("dmax", dmax, 0.0, 5.0, 0.05)}
-    return _panel(sliders, lambda rmax, dmax: (clip_figure(r, d, rmax, dmax),
+    return _panel(_clip_sliders(rmax, dmax), lambda rmax, dmax: (clip_figure(r, d, rmax, dmax),
                                                clip_text(r, d, rmax, dmax)))
 
 
@@ -162,9 +165,7 @@ def train_inference_explorer(microbatch_size=4, rmax=1.0, dmax=0.0, seed=0):
         train, infer = train_vs_inference(x, microbatch_size, rmax, dmax)
         return train_vs_inference_figure(train, infer, rmax, dmax), None
 
-    sliders = {"rmax": _slider("rmax", rmax, 1.0, 5.0, 0.05),
-               "dmax": _slider("dmax", dmax, 0.0, 5.0, 0.05)}
-    return _panel(sliders, draw)
+    return _panel(_clip_sliders(rmax, dmax), draw)
 
 
 def schedule_explorer(warmup_steps=5000, rmax_final=3.0, rmax_steps=40000, dmax_final=5.0,
