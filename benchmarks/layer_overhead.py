@@ -19,14 +19,14 @@ import tensorflow as tf  # noqa: E402
 import brlib as br  # noqa: E402
 
 ARMS = {
-    "keras BatchNormalization": lambda: keras.layers.BatchNormalization(),
-    "keras BatchNormalization(renorm=True)": lambda: keras.layers.BatchNormalization(
-        renorm=True, renorm_clipping={"rmin": 1 / 1.5, "rmax": 1.5, "dmax": 0.5}),
-    "brlib whole batch": lambda: br.BatchRenormalization(rmax=1.5, dmax=0.5),
-    "brlib batch norm, microbatch 2": lambda: br.BatchRenormalization(
-        rmax=1.0, dmax=0.0, microbatch_size=2),
-    "brlib renorm, microbatch 2": lambda: br.BatchRenormalization(
-        rmax=1.5, dmax=0.5, microbatch_size=2),
+    "keras BatchNormalization": lambda name: keras.layers.BatchNormalization(name=name),
+    "keras BatchNormalization(renorm=True)": lambda name: keras.layers.BatchNormalization(
+        renorm=True, renorm_clipping={"rmin": 1 / 1.5, "rmax": 1.5, "dmax": 0.5}, name=name),
+    "brlib whole batch": lambda name: br.BatchRenormalization(rmax=1.5, dmax=0.5, name=name),
+    "brlib batch norm, microbatch 2": lambda name: br.BatchRenormalization(
+        rmax=1.0, dmax=0.0, microbatch_size=2, name=name),
+    "brlib renorm, microbatch 2": lambda name: br.BatchRenormalization(
+        rmax=1.5, dmax=0.5, microbatch_size=2, name=name),
 }
 
 

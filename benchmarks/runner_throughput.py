@@ -1,12 +1,19 @@
-"""The runner's training throughput against a bare loop over the same train step, and its memory.
+"""The runner's training throughput against a bare loop, its memory, and the cost of recalibration.
 
 For each preset: examples/s of `Run.train_step` (shuffle, gather, schedule,
 distributed step) and of a bare loop calling the same compiled step on batches
 prepared in advance, interleaved over rounds, medians; then the resident
 memory at the start and end of a longer run. Images are random arrays of the
-preset's dataset shape, so CIFAR-100 need not be present.
+preset's dataset shape (10k test images, as in Fashion-MNIST), so CIFAR-100
+need not be present.
 
-    python benchmarks/runner_throughput.py [--presets quick seed] [--rounds 5]
+Then, per arm, the cost that recalibrated evaluation adds to a run: the time
+of one recalibrated evaluation over the time of what a run does without it
+between two evaluations (`eval_every` training steps and one evaluation with
+moving averages), median over rounds. Renorm arms recalibrate in several
+passes, batch-norm arms in one.
+
+    python benchmarks/runner_throughput.py [--presets quick cpu seed] [--rounds 5]
 """
 
 import argparse
@@ -24,7 +31,7 @@ SHAPES = {"fashion_mnist": ((28, 28, 1), 10), "cifar10": ((32, 32, 3), 10),
           "cifar100": ((32, 32, 3), 100)}
 
 
-def synthetic(preset, train=None, test=1000):
+def synthetic(preset, train=None, test=10000):
     shape, classes = SHAPES[preset.dataset]
     train = train or 4 * preset.minibatch_size
     rng = np.random.default_rng(0)
@@ -85,9 +92,28 @@ def measure(preset, rounds, steps, memory_steps):
     return runner_rate, bare_rate, before, after
 
 
+def recalibration_cost(preset, arm, rounds):
+    """Seconds of (eval_every steps + an evaluation) and of a recalibrated evaluation."""
+    run = experiment.Run(preset, arm, 0, synthetic(preset))
+    first = max(preset.rmax_steps, preset.dmax_steps)  # r and d opened, as late in a run
+    runner_seconds(run, first, 2)
+    run.evaluate(), run.evaluate_recalibrated()  # trace
+    base, extra = [], []
+    for round_ in range(rounds):
+        start = time.perf_counter()
+        runner_seconds(run, first + 2 + round_ * preset.eval_every, preset.eval_every)
+        run.evaluate()
+        base.append(time.perf_counter() - start)
+        start = time.perf_counter()
+        run.evaluate_recalibrated()
+        extra.append(time.perf_counter() - start)
+    return np.median(base), np.median(extra)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--presets", nargs="+", default=["quick", "seed"])
+    parser.add_argument("--presets", nargs="+", default=["quick", "cpu", "seed"])
+    parser.add_argument("--recalibration-presets", nargs="*", default=["quick", "cpu"])
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--steps", type=int, default=20, help="steps per round (seed: 1/4 of it)")
     parser.add_argument("--memory-steps", type=int, default=400,
@@ -103,6 +129,14 @@ def main():
         runner, bare, before, after = measure(preset, args.rounds, steps, memory_steps)
         print(f"| {name} | {runner:.0f} | {bare:.0f} | {runner / bare:.3f} | "
               f"{before:.0f} → {after:.0f}, {memory_steps} |", flush=True)
+    print("\n| preset | arm | K | steps + evaluation (s) | recalibrated evaluation (s) | added cost |")
+    print("|---|---|---|---|---|---|")
+    for name in args.recalibration_presets:
+        preset = experiment.get_preset(name)
+        for arm in experiment.DEFAULT_ARMS:
+            base, extra = recalibration_cost(preset, arm, args.rounds)
+            print(f"| {name} | {arm} | {preset.recalibration_batches} | {base:.2f} | "
+                  f"{extra:.2f} | {100 * extra / base:.0f} % |", flush=True)
 
 
 if __name__ == "__main__":

@@ -4,10 +4,13 @@
     layer = br.BatchRenormalization(microbatch_size=4)
 """
 
-from brlib import data, diagnostics, experiment, models, plots, widgets
+from brlib import data, diagnostics, experiment, models, plots, results, widgets
 from brlib.layers import BatchRenormalization
+from brlib.recalibration import recalibrate, recalibrated
 from brlib.schedule import RenormSchedule, renorm_layers
 
 __version__ = "0.1.0"
 
-__all__ = ["data", "diagnostics", "experiment", "models", "plots", "widgets", "BatchRenormalization", "RenormSchedule", "renorm_layers", "__version__"]
+__all__ = ["data", "diagnostics", "experiment", "models", "plots", "results", "widgets",
+           "BatchRenormalization", "RenormSchedule", "recalibrate", "recalibrated",
+           "renorm_layers", "__version__"]

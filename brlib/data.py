@@ -72,7 +72,20 @@ def _candidate_dirs(dataset, data_dir):
 
 
 def _locate(dataset, files, data_dir, download, urls):
-    """The directory holding all `files`, downloading them through Keras if allowed."""
+    """The directory holding all `files`, downloading them through Keras if allowed.
+
+    An explicit `data_dir` must hold the files: falling through to another
+    copy would hide a typo and train on data the caller did not choose.
+    """
+    if data_dir is not None:
+        explicit = [d for d in (Path(data_dir), Path(data_dir) / SUBDIRS[dataset])
+                    if all((d / f).is_file() for f in files)]
+        if not explicit:
+            state = "does not exist" if not Path(data_dir).is_dir() else "lacks them"
+            raise DatasetNotFoundError(
+                f"{dataset}: `data_dir`={str(data_dir)!r} must hold {', '.join(files)} "
+                f"(directly or in {SUBDIRS[dataset] or 'itself'}/), but it {state}.")
+        return explicit[0]
     for directory in _candidate_dirs(dataset, data_dir):
         if all((directory / f).is_file() for f in files):
             return directory

@@ -2,16 +2,17 @@
 
 Every training step draws a minibatch from a shuffle that changes every
 epoch; the gradient is taken over the whole minibatch, while normalization
-runs over contiguous microbatches of it. Each (preset, arm, seed) writes one
-CSV, atomically, and keeps a checkpoint while it runs, so that an interrupted
-run resumes where it stopped and finished runs are skipped.
+runs over contiguous microbatches of it. Every `eval_every` steps the
+inference model is scored twice on the test split: with its moving averages,
+and recalibrated (µ and σ recomputed with the weights frozen, see
+`brlib.recalibrate`). Each (preset, arm, seed) writes one CSV, atomically,
+into a directory that records the preset's settings; an interrupted run
+resumes from its checkpoint, and finished runs of the same settings are
+skipped.
 """
 
-import csv
 import dataclasses
-import io
-import json
-import os
+import numbers
 import time
 from pathlib import Path
 
@@ -22,17 +23,22 @@ import tensorflow as tf
 import brlib.data
 from brlib.layers import BatchRenormalization
 from brlib.models import seed_convnet
+from brlib.recalibration import recalibrated
+from brlib.results import (ARMS, BASELINE_GROUP, COLUMNS, DEFAULT_ARMS, check_arms,  # noqa: F401
+                           check_settings, read_csv, result_path, rows_to_csv, write_atomic)
 from brlib.schedule import RenormSchedule, renorm_layers
-
-COLUMNS = ["step", "val_accuracy", "val_loss", "train_loss", "r_clipped", "d_clipped",
-           "wall_seconds"]
-ARMS = ("batchnorm", "batchrenorm", "baseline")
-BASELINE_GROUP = 32  # each of the paper's workers normalized its own 32 examples
 
 
 @dataclasses.dataclass(frozen=True)
 class Preset:
-    """Settings of one experiment. Schedule steps are absolute training steps."""
+    """Settings of one experiment. Schedule steps are absolute training steps.
+
+    The learning rate is constant, or, when `lr_decay_start` is set, constant
+    until then and cosine-decayed to `lr_floor` × `learning_rate` at
+    `lr_decay_end`, staying there. At every evaluation the recalibrated model
+    uses `recalibration_batches` fixed training minibatches; the final
+    accuracy of a run is the mean of its last `final_evaluations` evaluations.
+    """
 
     name: str
     dataset: str
@@ -50,21 +56,65 @@ class Preset:
     optimizer: str = "adam"
     widths: tuple = (64, 128, 256)
     dropout: float = 0.5
+    alpha: float = 0.01
+    lr_decay_start: int | None = None
+    lr_decay_end: int | None = None
+    lr_floor: float = 0.01
+    recalibration_batches: int = 10
+    final_evaluations: int = 1
 
-    def schedule(self):
+    def schedule(self, ramp=True):
+        """The rmax/dmax schedule; without `ramp`, the final values from step 0."""
+        if not ramp:
+            return RenormSchedule(0, self.rmax_final, 0, self.dmax_final, 0)
         return RenormSchedule(self.warmup_steps, self.rmax_final, self.rmax_steps,
                               self.dmax_final, self.dmax_steps)
 
+    def learning_rate_schedule(self):
+        """The learning rate as a Keras schedule of the optimizer's step, or a float."""
+        if self.lr_decay_start is None:
+            return self.learning_rate
+        return keras.optimizers.schedules.CosineDecay(
+            initial_learning_rate=self.learning_rate, warmup_target=self.learning_rate,
+            warmup_steps=self.lr_decay_start, alpha=self.lr_floor,
+            decay_steps=self.lr_decay_end - self.lr_decay_start)
+
+    def settings(self):
+        """Every setting, as a JSON-ready dict: what identifies a results directory."""
+        return dataclasses.asdict(self)
+
     def validate(self):
-        for name in ("minibatch_size", "microbatch_size", "steps", "eval_every", "seeds"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value <= 0:
-                raise ValueError(f"`{name}` must be a positive integer; got {name}={value!r}.")
+        positive = ("minibatch_size", "microbatch_size", "steps", "eval_every", "seeds",
+                    "recalibration_batches", "final_evaluations")
+        for name in positive:
+            _check(name, getattr(self, name), "a positive integer",
+                   lambda v: isinstance(v, numbers.Integral) and v > 0)
+        for name in ("learning_rate", "alpha"):
+            _check(name, getattr(self, name), "a number in (0, 1]",
+                   lambda v: isinstance(v, numbers.Real) and 0 < v <= 1)
+        _check("lr_floor", self.lr_floor, "a number in [0, 1]",
+               lambda v: isinstance(v, numbers.Real) and 0 <= v <= 1)
+        _check("dropout", self.dropout, "a number in [0, 1)",
+               lambda v: isinstance(v, numbers.Real) and 0 <= v < 1)
+        if (self.lr_decay_start is None) != (self.lr_decay_end is None):
+            raise ValueError("`lr_decay_start` and `lr_decay_end` must be both set or both "
+                             f"None; got {self.lr_decay_start!r} and {self.lr_decay_end!r}.")
+        if self.lr_decay_start is not None:
+            _check("lr_decay_start", self.lr_decay_start, "an integer >= 0",
+                   lambda v: isinstance(v, numbers.Integral) and v >= 0)
+            _check("lr_decay_end", self.lr_decay_end, f"an integer > lr_decay_start",
+                   lambda v: isinstance(v, numbers.Integral) and v > self.lr_decay_start)
+        _check("widths", self.widths, "three positive integers",
+               lambda v: len(v) == 3 and all(isinstance(w, numbers.Integral)
+                                             and not isinstance(w, bool) and w > 0 for w in v))
         for group in (self.microbatch_size, BASELINE_GROUP):
             if self.minibatch_size % group:
                 raise ValueError(
                     f"`minibatch_size`={self.minibatch_size} must be a multiple of the "
                     f"microbatch size {group} (`microbatch_size`, or the baseline's 32).")
+        if self.final_evaluations > self.steps // self.eval_every:
+            raise ValueError(f"`final_evaluations`={self.final_evaluations} must not exceed "
+                             f"the run's {self.steps // self.eval_every} evaluations.")
         if self.dataset not in brlib.data.LOADERS:
             raise ValueError(f"`dataset` must be one of {sorted(brlib.data.LOADERS)}; "
                              f"got dataset={self.dataset!r}.")
@@ -75,6 +125,11 @@ class Preset:
         return self
 
 
+def _check(name, value, allowed, is_ok):
+    if isinstance(value, bool) or value is None or not is_ok(value):
+        raise ValueError(f"`{name}` must be {allowed}; got {name}={value!r}.")
+
+
 OPTIMIZERS = {"adam": keras.optimizers.Adam, "rmsprop": keras.optimizers.RMSprop,
               "sgd": keras.optimizers.SGD}
 
@@ -82,17 +137,33 @@ OPTIMIZERS = {"adam": keras.optimizers.Adam, "rmsprop": keras.optimizers.RMSprop
 # rmax/dmax 1/0 until epoch 20, then linear to 1.5/0.5 at epoch 300.
 SEED = Preset(name="seed", dataset="cifar100", minibatch_size=1600, microbatch_size=2,
               steps=9300, learning_rate=1e-4, warmup_steps=620, rmax_final=1.5,
-              rmax_steps=9300, dmax_final=0.5, dmax_steps=9300, eval_every=31, seeds=5)
+              rmax_steps=9300, dmax_final=0.5, dmax_steps=9300, eval_every=31, seeds=5,
+              final_evaluations=10)
 # The paper's schedule shape on the seed's data: 5k/160k warm-up, rmax 3 at
 # 40k/160k, dmax 5 at 25k/160k, microbatches of 4.
 PAPER = dataclasses.replace(SEED, name="paper", microbatch_size=4, warmup_steps=291,
                             rmax_final=3.0, rmax_steps=2325, dmax_final=5.0, dmax_steps=1453)
-# Sized for a 2-core CPU: 3 arms × 3 seeds in about ten minutes.
-QUICK = Preset(name="quick", dataset="fashion_mnist", minibatch_size=256, microbatch_size=2,
-               steps=480, learning_rate=1e-3, warmup_steps=15, rmax_final=3.0,
-               rmax_steps=120, dmax_final=5.0, dmax_steps=75, eval_every=40, seeds=3,
-               widths=(16, 32, 64), dropout=0.0)
-PRESETS = {preset.name: preset for preset in (SEED, PAPER, QUICK)}
+# The student protocol with Fashion-MNIST in place of CIFAR-100: for a GPU.
+SEED_FMNIST = dataclasses.replace(SEED, name="seed_fmnist", dataset="fashion_mnist")
+
+# The CPU presets count in units of the moving averages' time constant 1/α =
+# 100 steps (TAU). The paper's warm-up lasts 50 of them; here the warm-up
+# lasts 3 (the averages then hold e^-3 = 5 % of their start), the ramps end
+# after 5-10, and the learning rate is held, then cosine-annealed to 1 %,
+# which it keeps for the last quarter of the run (3-5 TAU), so the moving
+# averages catch up with weights that have almost stopped: the comparison is
+# read at a steady state, where lag is gone and what remains is the
+# microbatch mismatch.
+TAU = 100
+QUICK = Preset(name="quick", dataset="fashion_mnist", minibatch_size=128, microbatch_size=2,
+               steps=12 * TAU, learning_rate=1e-3, warmup_steps=3 * TAU, rmax_final=3.0,
+               rmax_steps=7 * TAU, dmax_final=5.0, dmax_steps=5 * TAU, eval_every=TAU,
+               seeds=5, widths=(8, 16, 32), dropout=0.0, lr_decay_start=5 * TAU,
+               lr_decay_end=9 * TAU, recalibration_batches=10, final_evaluations=3)
+CPU = dataclasses.replace(QUICK, name="cpu", steps=20 * TAU, widths=(16, 32, 64),
+                          rmax_steps=10 * TAU, dmax_steps=6 * TAU, lr_decay_start=8 * TAU,
+                          lr_decay_end=15 * TAU, seeds=10, final_evaluations=5)
+PRESETS = {preset.name: preset for preset in (SEED, PAPER, SEED_FMNIST, QUICK, CPU)}
 
 
 def get_preset(name, **overrides):
@@ -106,90 +177,26 @@ def get_preset(name, **overrides):
     return dataclasses.replace(PRESETS[name], **overrides).validate()
 
 
-def check_arms(arms):
-    bad = [arm for arm in arms if arm not in ARMS]
-    if bad or not arms:
-        raise ValueError(f"`arms` must be a non-empty subset of {list(ARMS)}; got {list(arms)}.")
-    return list(arms)
-
-
 def group_size(arm, preset):
-    """Examples normalized together in `arm`: 32 for the baseline, else the microbatch."""
-    return BASELINE_GROUP if arm == "baseline" else preset.microbatch_size
+    """Examples normalized together in `arm`: its own group (32 for the baseline), else the microbatch."""
+    return ARMS[arm].group or preset.microbatch_size
 
 
 def normalization_for(arm, preset):
     """A factory of the arm's normalization layer.
 
-    Every arm starts as batch norm (rmax = 1, dmax = 0); only batchrenorm's
-    bounds are then opened, step by step, by its RenormSchedule.
+    Every arm starts as batch norm (rmax = 1, dmax = 0); only the renorm
+    arms' bounds are then opened by their RenormSchedule.
     """
     group = group_size(arm, preset)
-    return lambda: BatchRenormalization(rmax=1.0, dmax=0.0, microbatch_size=group)
+    momentum = 1.0 - (ARMS[arm].alpha or preset.alpha)  # α = 1 − momentum
+    return lambda name=None: BatchRenormalization(rmax=1.0, dmax=0.0, microbatch_size=group,
+                                                  momentum=momentum, name=name)
 
 
 def build_model(arm, preset, input_shape, classes):
     return seed_convnet(input_shape, classes, normalization_for(arm, preset),
                         dropout=preset.dropout, widths=preset.widths)
-
-
-# ---------------------------------------------------------------------------
-# Files: results and checkpoints, written atomically
-# ---------------------------------------------------------------------------
-def write_atomic(path, payload):
-    """Writes bytes to `path` through a temporary file and a rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.tmp")
-    with open(temporary, "wb") as handle:
-        handle.write(payload)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temporary, path)
-
-
-def result_path(results_dir, preset, arm, seed):
-    return Path(results_dir) / preset.name / f"{arm}_seed{seed}.csv"
-
-
-def rows_to_csv(rows):
-    text = io.StringIO()
-    writer = csv.DictWriter(text, fieldnames=COLUMNS, lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    return text.getvalue().encode()
-
-
-def read_csv(path):
-    with open(path, newline="") as handle:
-        return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(handle)]
-
-
-class Checkpoint:
-    """Model, optimizer and bookkeeping of an unfinished run, in one .npz file."""
-
-    def __init__(self, path):
-        self.path = Path(path)
-
-    def save(self, variables, step, rows, wall_seconds):
-        buffer = io.BytesIO()
-        meta = json.dumps({"step": step, "rows": rows, "wall_seconds": wall_seconds})
-        np.savez(buffer, meta=np.array(meta),
-                 **{f"v{i}": np.asarray(v) for i, v in enumerate(variables)})
-        write_atomic(self.path, buffer.getvalue())
-
-    def restore(self, variables):
-        """Assigns the saved values; returns (step, rows, wall_seconds), or None."""
-        if not self.path.exists():
-            return None
-        with np.load(self.path) as saved:
-            for i, variable in enumerate(variables):
-                variable.assign(saved[f"v{i}"])
-            meta = json.loads(str(saved["meta"]))
-        return meta["step"], meta["rows"], meta["wall_seconds"]
-
-    def delete(self):
-        self.path.unlink(missing_ok=True)
 
 
 # ---------------------------------------------------------------------------
@@ -217,19 +224,47 @@ class Run:
         classes = int(max(self.y_train.max(), self.y_test.max())) + 1
         with self.strategy.scope():
             self.model = build_model(arm, preset, self.x_train.shape[1:], classes)
-            self.optimizer = OPTIMIZERS[preset.optimizer](preset.learning_rate)
+            self.optimizer = OPTIMIZERS[preset.optimizer](preset.learning_rate_schedule(),
+                                                          name="optimizer")
             self.optimizer.build(self.model.trainable_variables)
             self.sums = tf.Variable(tf.zeros(4), trainable=False)  # loss, r, d, count
         self.layers = renorm_layers(self.model)
         self.loss_fn = keras.losses.SparseCategoricalCrossentropy(
             from_logits=True, reduction="sum")
-        self.schedule = preset.schedule() if arm == "batchrenorm" else None
+        self.schedule = preset.schedule(ARMS[arm].ramp) if ARMS[arm].renorm else None
+        self.calibration_batches = self._calibration_batches()
+        self._epoch, self._bounds = (None, None), None
         self._train = tf.function(self._distributed_step)
         self._predict = tf.function(lambda x: self.model(x, training=False))
+        # Traced inside `recalibrate` only, where the layers' update rate is 1.
+        self._forward = tf.function(lambda x: self.model(x, training=True))
 
     @property
     def variables(self):
         return list(self.model.variables) + list(self.optimizer.variables) + [self.sums]
+
+    def checkpoint(self):
+        """A tf.train.Checkpoint of everything that changes, keyed by variable path.
+
+        Model variables are keyed by their layer's name and their own name
+        ("norm1/moving_mean"); the model's layers have fixed names, so the
+        keys do not depend on what the process built before (Keras numbers
+        unnamed objects, such as Dropout's seed generators, process-wide).
+        """
+        model = {f"{layer.name}/{v.name}": v for layer in self.model.layers
+                 for v in layer.variables}
+        optimizer = {v.path: v for v in self.optimizer.variables}
+        if len(model) != len(self.model.variables) or len(optimizer) != len(
+                self.optimizer.variables):
+            raise ValueError("checkpoint keys must be unique: give every layer its own name")
+        return tf.train.Checkpoint(model=model, optimizer=optimizer, sums=self.sums)
+
+    def _calibration_batches(self):
+        """K training minibatches, fixed for the whole run, for recalibrated evaluation."""
+        size, count = self.preset.minibatch_size, self.preset.recalibration_batches
+        order = np.random.default_rng([self.seed, 7]).permutation(len(self.x_train))
+        count = min(count, len(order) // size)
+        return [self.x_train[order[i * size:(i + 1) * size]] for i in range(count)]
 
     def _replica_step(self, images, labels):
         with tf.GradientTape() as tape:
@@ -269,8 +304,11 @@ class Run:
         size = self.preset.minibatch_size
         per_epoch = len(self.x_train) // size
         epoch, index = divmod(step, per_epoch)
-        order = epoch_order(self.seed, epoch, len(self.x_train))[index * size:(index + 1) * size]
-        if self.schedule is not None:
+        if self._epoch[0] != epoch:  # one shuffle per epoch, not per step
+            self._epoch = (epoch, epoch_order(self.seed, epoch, len(self.x_train)))
+        order = self._epoch[1][index * size:(index + 1) * size]
+        if self.schedule is not None and self.schedule(step) != self._bounds:
+            self._bounds = self.schedule(step)  # assigned only when they change
             self.schedule.apply(self.model, step)
         self._train(*self._distribute(self.x_train[order], self.y_train[order]))
 
@@ -285,28 +323,76 @@ class Run:
             total_loss += float(self.loss_fn(labels, logits))
         return correct / len(self.x_test), total_loss / len(self.x_test)
 
+    def evaluate_recalibrated(self):
+        """`evaluate` with µ and σ recalibrated on the fixed minibatches; the run is untouched."""
+        with recalibrated(self.model, self.calibration_batches, self._forward):
+            return self.evaluate()
+
     def row(self, step, wall_seconds):
         loss, r, d, count = (float(v) for v in self.sums.numpy())
         self.sums.assign(np.zeros(4, np.float32))
         accuracy, val_loss = self.evaluate()
+        recalibrated_accuracy, recalibrated_loss = self.evaluate_recalibrated()
         return {"step": step, "val_accuracy": accuracy, "val_loss": val_loss,
+                "val_accuracy_recalibrated": recalibrated_accuracy,
+                "val_loss_recalibrated": recalibrated_loss,
                 "train_loss": loss / max(count, 1), "r_clipped": r / max(count, 1),
                 "d_clipped": d / max(count, 1), "wall_seconds": round(wall_seconds, 2)}
+
+
+class Checkpoint:
+    """An unfinished run: variables by path (tf.train.CheckpointManager) and its finished rows.
+
+    The rows go to a partial CSV after the variables are saved, and a restore
+    takes the checkpoint of the partial CSV's last step, so a kill between the
+    two writes loses nothing: the older checkpoint is still kept.
+    """
+
+    def __init__(self, result_csv, checkpoint):
+        path = Path(result_csv)
+        self.directory = path.with_name(f".{path.stem}.checkpoint")
+        self.partial = path.with_name(f".{path.stem}.partial.csv")
+        self.manager = tf.train.CheckpointManager(checkpoint, self.directory, max_to_keep=2)
+        self.checkpoint = checkpoint
+
+    def save(self, step, rows):
+        self.manager.save(checkpoint_number=step)
+        write_atomic(self.partial, rows_to_csv(rows))
+
+    def restore(self):
+        """Restores the variables; returns (step, rows, wall_seconds), or None."""
+        if not self.partial.exists():
+            return None
+        rows = read_csv(self.partial)
+        step = int(rows[-1]["step"])
+        saved = self.directory / f"ckpt-{step}"
+        self.checkpoint.restore(str(saved)).assert_existing_objects_matched()
+        return step, rows, rows[-1]["wall_seconds"]
+
+    def delete(self):
+        import shutil
+
+        shutil.rmtree(self.directory, ignore_errors=True)
+        self.partial.unlink(missing_ok=True)
 
 
 def run_one(preset, arm, seed, dataset, results_dir, strategy=None, on_step=None):
     """Runs one (preset, arm, seed) to the end, resuming from its checkpoint.
 
-    Returns the path of the finished CSV. A CSV that already exists is left
-    alone. `on_step(step)` is called after every training step (progress bars).
+    Returns the path of the finished CSV. The preset's settings are recorded
+    in (or checked against) the results directory first, so a finished CSV
+    is skipped only when it was made with the same settings.
+    `on_step(step)` is called after every training step (progress bars).
     """
-    path = result_path(results_dir, preset, arm, seed)
+    check_arms([arm])
+    check_settings(Path(results_dir) / preset.name, preset.settings())
+    path = result_path(results_dir, preset.name, arm, seed)
     if path.exists():
         return path
     tf.config.experimental.enable_op_determinism()
     run = Run(preset, arm, seed, dataset, strategy)
-    checkpoint = Checkpoint(path.with_name(f".{path.stem}.checkpoint.npz"))
-    step, rows, wall_before = checkpoint.restore(run.variables) or (0, [], 0.0)
+    checkpoint = Checkpoint(path, run.checkpoint())
+    step, rows, wall_before = checkpoint.restore() or (0, [], 0.0)
     started = time.perf_counter()
     while step < preset.steps:
         run.train_step(step)
@@ -314,7 +400,7 @@ def run_one(preset, arm, seed, dataset, results_dir, strategy=None, on_step=None
         if step % preset.eval_every == 0 or step == preset.steps:
             wall = wall_before + time.perf_counter() - started
             rows.append(run.row(step, wall))
-            checkpoint.save([v.numpy() for v in run.variables], step, rows, wall)
+            checkpoint.save(step, rows)
         if on_step:
             on_step(step)
     write_atomic(path, rows_to_csv(rows))
@@ -322,16 +408,17 @@ def run_one(preset, arm, seed, dataset, results_dir, strategy=None, on_step=None
     return path
 
 
-def reproduce(preset, arms=ARMS, seeds=None, results_dir="data/results", data_dir=None,
+def reproduce(preset, arms=DEFAULT_ARMS, seeds=None, results_dir="data/results", data_dir=None,
               strategy=None, verbose=True):
     """Runs every (arm, seed) of a preset that has no CSV yet; returns the CSV paths."""
     arms = check_arms(arms)
     seeds = preset.seeds if seeds is None else seeds
-    if not isinstance(seeds, int) or seeds <= 0:
-        raise ValueError(f"`seeds` must be a positive integer; got seeds={seeds!r}.")
+    _check("seeds", seeds, "a positive integer",
+           lambda v: isinstance(v, numbers.Integral) and v > 0)
+    check_settings(Path(results_dir) / preset.name, preset.settings())  # before any work
     dataset = brlib.data.load(preset.dataset, data_dir=data_dir)  # fails before training
     jobs = [(arm, seed) for seed in range(seeds) for arm in arms]
-    todo = [job for job in jobs if not result_path(results_dir, preset, *job).exists()]
+    todo = [job for job in jobs if not result_path(results_dir, preset.name, *job).exists()]
     progress = Progress(len(todo) * preset.steps) if verbose else None
     paths = []
     for arm, seed in jobs:
@@ -368,18 +455,21 @@ class Progress:
 
 
 def compare(dataset, microbatch_size=2, rmax=3.0, dmax=5.0, steps=150, minibatch_size=64,
-            evaluations=5, seed=0, widths=(8, 16, 32)):
+            evaluations=5, seed=0, widths=(8, 16, 32), recalibration_batches=5):
     """Batch norm against batch renorm with fixed rmax and dmax, on a small model, in memory.
 
     For the notebooks' Run button: no files, no schedule (renorm runs with
-    the given clip bounds from the first step). Returns
-    {arm: (steps, test accuracies)}.
+    the given clip bounds from the first step), a constant learning rate.
+    Returns {arm: (steps, test accuracies with moving averages, test
+    accuracies recalibrated)}: where the two accuracies differ, the moving
+    averages have not caught up with the weights.
     """
-    preset = get_preset("quick", microbatch_size=microbatch_size,
-                        minibatch_size=minibatch_size, steps=steps,
-                        eval_every=max(steps // evaluations, 1), warmup_steps=0,
-                        rmax_final=rmax, rmax_steps=0, dmax_final=dmax, dmax_steps=0,
-                        widths=tuple(widths), dropout=0.0)
+    preset = dataclasses.replace(
+        get_preset("quick"), microbatch_size=microbatch_size, minibatch_size=minibatch_size,
+        steps=steps, eval_every=max(steps // evaluations, 1), warmup_steps=0, rmax_final=rmax,
+        rmax_steps=0, dmax_final=dmax, dmax_steps=0, widths=tuple(widths), dropout=0.0,
+        lr_decay_start=None, lr_decay_end=None, final_evaluations=1,
+        recalibration_batches=recalibration_batches).validate()
     curves = {}
     for arm in ("batchnorm", "batchrenorm"):
         run = Run(preset, arm, seed, dataset)
@@ -387,6 +477,6 @@ def compare(dataset, microbatch_size=2, rmax=3.0, dmax=5.0, steps=150, minibatch
         for step in range(preset.steps):
             run.train_step(step)
             if (step + 1) % preset.eval_every == 0:
-                points.append((step + 1, run.evaluate()[0]))
+                points.append((step + 1, run.evaluate()[0], run.evaluate_recalibrated()[0]))
         curves[arm] = tuple(np.array(column) for column in zip(*points))
     return curves

@@ -14,8 +14,8 @@ def seed_convnet(input_shape, classes, normalization, dropout=0.5, widths=(64, 1
     Args:
         input_shape: Shape of one example, channels last, e.g. (32, 32, 3).
         classes: Number of output logits.
-        normalization: A callable taking no arguments and returning a new
-            normalization layer, e.g. `lambda: br.BatchRenormalization()`.
+        normalization: A callable taking a layer `name` and returning a new
+            normalization layer, e.g. `lambda name: br.BatchRenormalization(name=name)`.
         dropout: Dropout rate after the second and third blocks; 0 for none.
         widths: Filters of the three 3×3 convolutions; smaller widths make
             the same network cheap enough for a CPU.
@@ -29,11 +29,16 @@ def seed_convnet(input_shape, classes, normalization, dropout=0.5, widths=(64, 1
     """
     inputs = keras.Input(input_shape)
     x = inputs
-    for index, (filters, stride) in enumerate(zip(widths, (1, 2, 2))):
-        x = keras.layers.Conv2D(filters, 3, strides=stride, padding="same")(x)
-        x = keras.layers.ReLU()(normalization()(x))
-        if dropout and index > 0:
-            x = keras.layers.Dropout(dropout)(x)
-    x = normalization()(keras.layers.Conv2D(classes, 1)(x))
-    logits = keras.layers.GlobalAveragePooling2D()(x)
+    # Fixed layer names give fixed variable paths ("conv1/kernel", "norm1/moving_mean"),
+    # which checkpoints are keyed by, however many models the process built before.
+    for index, (filters, stride) in enumerate(zip(widths, (1, 2, 2)), start=1):
+        x = keras.layers.Conv2D(filters, 3, strides=stride, padding="same",
+                                name=f"conv{index}")(x)
+        x = normalization(name=f"norm{index}")(x)
+        x = keras.layers.ReLU(name=f"relu{index}")(x)
+        if dropout and index > 1:
+            x = keras.layers.Dropout(dropout, name=f"dropout{index}")(x)
+    x = keras.layers.Conv2D(classes, 1, name="conv4")(x)
+    x = normalization(name="norm4")(x)
+    logits = keras.layers.GlobalAveragePooling2D(name="pool")(x)
     return keras.Model(inputs, logits, name=name)

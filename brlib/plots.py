@@ -1,65 +1,63 @@
-"""Figures: the paper's Figure 2 from result CSVs, and the one helper that saves figures."""
+"""Figures: the paper's Figure 2 from result files, and the one helper that saves figures.
+
+Only reads results (through `brlib.results`); it never imports the runner or
+TensorFlow.
+"""
 
 from pathlib import Path
 
 import numpy as np
 
-from brlib.experiment import ARMS, read_csv
+from brlib.results import ARMS, final_values, load_results, mean_band  # noqa: F401
 
-LABELS = {"baseline": "Batchnorm, groups of 32", "batchnorm": "Batchnorm",
-          "batchrenorm": "Batch Renorm"}
-COLORS = {"baseline": "tab:gray", "batchnorm": "tab:blue", "batchrenorm": "tab:red"}
 # Final accuracies for context (%): Ioffe (2017), Figure 2, ImageNet, Inception-v3;
 # and the student reproduction on CIFAR-100.
 REFERENCE = [("paper, groups of 32", "78.3"), ("paper, batchnorm (4)", "74.2"),
              ("paper, batch renorm (4)", "76.5"), ("seed, batchnorm (2)", "17.7"),
              ("seed, batch renorm (2)", "25.7")]
+PANELS = [("val_accuracy", "test accuracy (%), moving averages", 100),
+          ("val_accuracy_recalibrated", "test accuracy (%), recalibrated", 100),
+          ("train_loss", "training loss (training mode)", 1)]
 
 
-def load_results(results_dir, preset_name):
-    """{arm: (steps, accuracies of shape (seeds, evaluations))} for the arms on disk."""
-    results = {}
-    for arm in ARMS:
-        paths = sorted(Path(results_dir, preset_name).glob(f"{arm}_seed*.csv"))
-        if not paths:
-            continue
-        runs = [read_csv(path) for path in paths]
-        length = min(len(run) for run in runs)
-        steps = np.array([row["step"] for row in runs[0][:length]])
-        accuracy = np.array([[row["val_accuracy"] for row in run[:length]] for run in runs])
-        results[arm] = (steps, accuracy)
-    if not results:
-        raise FileNotFoundError(f"no result CSVs in {Path(results_dir, preset_name)}; "
-                                f"run `python -m brlib reproduce --preset {preset_name}` first")
-    return results
-
-
-def final_accuracy(accuracy):
-    """Mean and sample standard deviation over seeds of the last evaluation, in %."""
-    final = 100 * accuracy[:, -1]
+def final_accuracy(values, last=1):
+    """Mean and sample sd over seeds of the mean of the last `last` evaluations, in %."""
+    final = 100 * final_values(values, last)
     return final.mean(), (final.std(ddof=1) if len(final) > 1 else 0.0)
 
 
-def figure2(results, title):
-    """Test accuracy against steps: mean over seeds with a ±1 sd band, per arm."""
+def figure2(results, title, last=1):
+    """Per arm, the seed mean with its 95 % confidence band, for three quantities.
+
+    Panels: test accuracy of the inference model with moving averages, the
+    same recalibrated, and the training loss. Legends give the final
+    accuracy (mean of the last `last` evaluations) as mean ± sd over seeds.
+    """
     import matplotlib.pyplot as plt
 
-    fig, (ax, side) = plt.subplots(1, 2, figsize=(10, 4.5), width_ratios=[3, 1.2])
-    for arm, (steps, accuracy) in results.items():
-        mean, sd = 100 * accuracy.mean(0), 100 * accuracy.std(0)
-        final, final_sd = final_accuracy(accuracy)
-        label = f"{LABELS[arm]} ({final:.1f}% ± {final_sd:.1f}, {len(accuracy)} seeds)"
-        ax.plot(steps, mean, color=COLORS[arm], label=label)
-        ax.fill_between(steps, mean - sd, mean + sd, color=COLORS[arm], alpha=0.2)
-    ax.set(xlabel="training step", ylabel="test accuracy (%)", title=title)
-    ax.grid(alpha=0.3)
-    ax.legend(loc="lower right", fontsize=8)
-    side.axis("off")
-    table = side.table(cellText=[[name, value] for name, value in REFERENCE],
-                       colLabels=["for context", "final %"], loc="center", cellLoc="left",
-                       colWidths=[0.8, 0.3])
+    fig, axes = plt.subplots(1, 4, figsize=(18, 4.6), width_ratios=[3, 3, 3, 1.6])
+    for ax, (column, ylabel, scale) in zip(axes, PANELS):
+        for arm, curves in results.items():
+            mean, half = mean_band(scale * curves[column])
+            label = ARMS[arm].label
+            if column != "train_loss":
+                final, sd = final_accuracy(curves[column], last)
+                label += f" ({final:.1f}% ± {sd:.1f}, {len(curves.seeds)} seeds)"
+            ax.plot(curves.steps, mean, color=ARMS[arm].color, label=label)
+            ax.fill_between(curves.steps, mean - half, mean + half, color=ARMS[arm].color,
+                            alpha=0.2)
+        ax.set(xlabel="training step", ylabel=ylabel)
+        ax.grid(alpha=0.3)
+        ax.legend(loc="upper right" if column == "train_loss" else "lower right", fontsize=7,
+                  title="mean, band: 95 % CI of the mean" if column != "train_loss" else None,
+                  title_fontsize=7)
+    axes[0].set_title(title, loc="left")
+    axes[3].axis("off")
+    table = axes[3].table(cellText=[[name, value] for name, value in REFERENCE],
+                          colLabels=["for context", "final %"], loc="center", cellLoc="left",
+                          colWidths=[0.8, 0.3])
     table.auto_set_font_size(False)
-    table.set_fontsize(9)
+    table.set_fontsize(8)
     table.scale(1, 1.6)
     fig.tight_layout()
     return fig

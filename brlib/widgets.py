@@ -194,14 +194,18 @@ def schedule_explorer(warmup_steps=5000, rmax_final=3.0, rmax_steps=40000, dmax_
 
 
 def comparison_figure(curves):
+    """Test accuracy of each arm of `experiment.compare`, with moving averages and recalibrated."""
     import matplotlib.pyplot as plt
 
-    from brlib.plots import COLORS, LABELS
+    from brlib.results import ARMS
 
     fig, ax = plt.subplots(figsize=(6, 3.5))
-    for arm, (steps, accuracy) in curves.items():
-        ax.plot(steps, 100 * accuracy, marker="o", color=COLORS[arm],
-                label=f"{LABELS[arm]} ({100 * accuracy[-1]:.1f}%)")
+    for arm, (steps, accuracy, *recalibrated) in curves.items():
+        ax.plot(steps, 100 * accuracy, marker="o", color=ARMS[arm].color,
+                label=f"{ARMS[arm].label}, moving averages ({100 * accuracy[-1]:.1f}%)")
+        if recalibrated:
+            ax.plot(steps, 100 * recalibrated[0], marker="s", ls="--", color=ARMS[arm].color,
+                    label=f"{ARMS[arm].label}, recalibrated ({100 * recalibrated[0][-1]:.1f}%)")
     ax.set(xlabel="training step", ylabel="test accuracy (%)")
     ax.grid(alpha=0.3)
     ax.legend()

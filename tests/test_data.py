@@ -114,10 +114,26 @@ def test_damaged_idx_file_is_rejected(fashion_dir):
 
 def test_missing_files_give_one_clear_error(tmp_path, monkeypatch):
     monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras"))
-    monkeypatch.delenv("BRLIB_DATA_DIR", raising=False)
+    monkeypatch.setenv("BRLIB_DATA_DIR", str(tmp_path / "empty"))
     with pytest.raises(data.DatasetNotFoundError) as error:
-        data.cifar100(data_dir=tmp_path, download=False)
+        data.cifar100(download=False)
     assert "cifar-100-python.tar.gz" in str(error.value) and "BRLIB_DATA_DIR" in str(error.value)
+
+
+@pytest.mark.parametrize("make", [False, True])
+def test_an_explicit_data_dir_without_the_files_is_an_error(fashion_dir, tmp_path, monkeypatch,
+                                                            make):
+    # A copy elsewhere (here in $BRLIB_DATA_DIR) must not stand in for a wrong data_dir.
+    directory, _ = fashion_dir
+    monkeypatch.setenv("BRLIB_DATA_DIR", str(directory))
+    wrong = tmp_path / "wrong"
+    if make:
+        wrong.mkdir()
+    with pytest.raises(data.DatasetNotFoundError) as error:
+        data.fashion_mnist(data_dir=wrong, download=False)
+    message = str(error.value)
+    assert "data_dir" in message and str(wrong) in message
+    assert ("lacks them" if make else "does not exist") in message
 
 
 def test_unknown_dataset_is_named():

@@ -7,7 +7,7 @@ import brlib as br
 
 
 def test_seed_convnet_layout():
-    model = br.models.seed_convnet((32, 32, 3), 100, lambda: br.BatchRenormalization())
+    model = br.models.seed_convnet((32, 32, 3), 100, lambda name: br.BatchRenormalization(name=name))
     convs = [layer for layer in model.layers if isinstance(layer, keras.layers.Conv2D)]
     assert [(c.filters, c.kernel_size, c.strides) for c in convs] == [
         (64, (3, 3), (1, 1)), (128, (3, 3), (2, 2)), (256, (3, 3), (2, 2)), (100, (1, 1), (1, 1))]

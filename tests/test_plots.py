@@ -1,41 +1,33 @@
-"""brlib.plots: result loading and the Figure 2 drawing, against values computed here."""
+"""brlib.plots: the Figure 2 drawing against values computed here, and the figure helper."""
 
 import matplotlib
 
 matplotlib.use("Agg")
 
 import numpy as np  # noqa: E402
+from scipy import stats  # noqa: E402
+from test_results import write_runs  # noqa: E402
 
-from brlib import experiment, plots  # noqa: E402
-
-
-def write_runs(directory, arm, accuracies):
-    for seed, values in enumerate(accuracies):
-        rows = [{"step": 10 * (i + 1), "val_accuracy": v, "val_loss": 1.0, "train_loss": 1.0,
-                 "r_clipped": 0.0, "d_clipped": 0.0, "wall_seconds": 1.0}
-                for i, v in enumerate(values)]
-        experiment.write_atomic(directory / "quick" / f"{arm}_seed{seed}.csv",
-                                experiment.rows_to_csv(rows))
+from brlib import plots, results  # noqa: E402
 
 
-def test_load_results_and_final_accuracy(tmp_path):
-    write_runs(tmp_path, "batchnorm", [[0.1, 0.5], [0.2, 0.7], [0.1, 0.6]])
-    write_runs(tmp_path, "batchrenorm", [[0.3, 0.8], [0.4, 0.9]])
-    results = plots.load_results(tmp_path, "quick")
-    assert set(results) == {"batchnorm", "batchrenorm"}
-    steps, accuracy = results["batchnorm"]
-    np.testing.assert_array_equal(steps, [10, 20])
-    mean, sd = plots.final_accuracy(accuracy)
-    assert np.isclose(mean, 60.0) and np.isclose(sd, np.std([50, 70, 60], ddof=1))
-
-
-def test_figure2_legend_carries_the_final_accuracy(tmp_path):
-    write_runs(tmp_path, "batchrenorm", [[0.3, 0.8], [0.4, 0.9]])
-    fig = plots.figure2(plots.load_results(tmp_path, "quick"), "test")
-    labels = [text.get_text() for text in fig.axes[0].get_legend().get_texts()]
-    assert labels == [f"Batch Renorm (85.0% ± {np.std([80, 90], ddof=1):.1f}, 2 seeds)"]
-    mean_line = fig.axes[0].get_lines()[0]
-    np.testing.assert_allclose(mean_line.get_ydata(), [35.0, 85.0])
+def test_figure2_draws_means_with_95_percent_bands_and_final_values(tmp_path):
+    accuracies = np.array([[0.3, 0.8, 0.82], [0.4, 0.9, 0.88], [0.35, 0.85, 0.86]])
+    write_runs(tmp_path, "batchrenorm", accuracies, recalibrated=accuracies - 0.1)
+    fig = plots.figure2(results.load_results(tmp_path, "quick"), "test", last=2)
+    moving, recalibrated, loss = fig.axes[:3]
+    final = 100 * accuracies[:, -2:].mean(1)
+    label = moving.get_legend().get_texts()[0].get_text()
+    assert label == f"Batch Renorm ({final.mean():.1f}% ± {final.std(ddof=1):.1f}, 3 seeds)"
+    assert "95 % CI" in moving.get_legend().get_title().get_text()
+    np.testing.assert_allclose(moving.get_lines()[0].get_ydata(), 100 * accuracies.mean(0))
+    np.testing.assert_allclose(recalibrated.get_lines()[0].get_ydata(),
+                               100 * (accuracies - 0.1).mean(0))
+    np.testing.assert_allclose(loss.get_lines()[0].get_ydata(), (2 - accuracies).mean(0))
+    band = moving.collections[0].get_paths()[0].vertices
+    half = stats.t.ppf(0.975, 2) * stats.sem(100 * accuracies, axis=0)
+    upper = 100 * accuracies.mean(0) + half
+    assert np.isclose(band[:, 1].max(), upper.max())
 
 
 def test_save_figure_writes_png_and_reproducible_svg(tmp_path):
@@ -50,10 +42,13 @@ def test_save_figure_writes_png_and_reproducible_svg(tmp_path):
     assert first[0].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_missing_results_say_how_to_make_them(tmp_path):
-    try:
-        plots.load_results(tmp_path, "quick")
-    except FileNotFoundError as error:
-        assert "python -m brlib reproduce --preset quick" in str(error)
-    else:
-        raise AssertionError("expected FileNotFoundError")
+def test_modules_that_read_results_do_not_import_the_runner():
+    import ast
+    from pathlib import Path
+
+    for module in ("plots", "results"):
+        tree = ast.parse(Path(plots.__file__).with_name(f"{module}.py").read_text())
+        imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+        imported |= {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import)
+                     for alias in node.names}
+        assert not {"brlib.experiment", "tensorflow"} & imported, (module, imported)

@@ -1,0 +1,120 @@
+"""Recalibrated statistics ("precise BN"): µ and σ recomputed with the weights frozen."""
+
+import contextlib
+
+import numpy as np
+from keras import ops
+
+from brlib.schedule import renorm_layers
+
+# Everything a recalibration touches in a layer, to put back afterwards.
+_STATE = ("moving_mean", "moving_stddev", "rmax", "dmax", "fraction_r_clipped",
+          "fraction_d_clipped", "skipped_updates")
+
+
+def _snapshot(layers):
+    return [{name: ops.convert_to_numpy(getattr(layer, name)) for name in _STATE}
+            | {"momentum": layer.momentum} for layer in layers]
+
+
+def restore(model, snapshot):
+    """Puts back the state that `recalibrate` returned."""
+    for layer, saved in zip(renorm_layers(model), snapshot):
+        layer.momentum = saved["momentum"]
+        for name in _STATE:
+            getattr(layer, name).assign(saved[name])
+
+
+def recalibrate(model, batches, forward=None, passes=None):
+    """Sets every BatchRenormalization layer's µ and σ to their exact average over `batches`.
+
+    The moving averages of a layer trail the weights by about 1/α steps.
+    Recalibration removes that lag: with the weights frozen, the batches are
+    passed through the model in training mode, and each layer's µ and σ
+    become the plain (equally weighted) average, over all batches, of the
+    step statistics that its moving averages track: the mean over the
+    batch's microbatches of µ_B and of σ_B, in the layer's own microbatch
+    size and with its own rmax and dmax.
+
+    In batch norm (rmax = 1, dmax = 0) a layer's training output does not
+    depend on µ and σ, so one pass over the batches is exact. In batch renorm
+    it does, through r and d: a layer's statistics depend on the µ and σ of
+    the layers before it. Each pass therefore holds every µ and σ fixed at
+    the previous pass's averages, which makes the first k layers exact after
+    k passes; by default there are as many passes as renorm layers.
+
+    Only µ and σ change; everything else the passes touch (the clip
+    fractions, the update rate) is put back. To evaluate a recalibrated model
+    and return to the running one, use `recalibrated` or `restore`.
+
+    Args:
+        model: A Keras model holding BatchRenormalization layers, at any depth.
+        batches: A sequence of input batches, or of (inputs, labels) tuples,
+            each a multiple of every layer's microbatch size.
+        forward: Optional callable `forward(inputs)` that runs
+            `model(inputs, training=True)`, for example a compiled function.
+            It is called only inside this function, where each layer's update
+            rate is 1, so a compiled function must be traced here too.
+        passes: Passes over the batches; None for 1 when every layer is batch
+            norm, else the number of layers.
+
+    Returns:
+        The layers' state before recalibration, for `restore`.
+
+    Reference:
+        Yuxin Wu and Justin Johnson, "Rethinking 'Batch' in BatchNorm",
+        arXiv:2105.07576, 2021, Section 3 (PreciseBN).
+    """
+    layers = renorm_layers(model)
+    if not layers:
+        raise ValueError("`model` has no BatchRenormalization layer to recalibrate.")
+    inputs = [batch[0] if isinstance(batch, (tuple, list)) else batch for batch in batches]
+    if not inputs:
+        raise ValueError("`batches` must hold at least one batch; got none.")
+    forward = forward or (lambda x: model(x, training=True))
+    before = _snapshot(layers)
+    if passes is None:
+        passes = 1 if all(s["rmax"] == 1 and s["dmax"] == 0 for s in before) else len(layers)
+    statistics = [(s["moving_mean"], s["moving_stddev"]) for s in before]
+    try:
+        for layer in layers:
+            layer.momentum = 0.0  # α = 1: after a pass, µ and σ hold that step's statistics
+        for _ in range(passes):
+            statistics = _average_step_statistics(layers, inputs, forward, statistics)
+    finally:
+        restore(model, before)
+    _assign(layers, statistics)
+    return before
+
+
+def _assign(layers, statistics):
+    for layer, (mean, stddev) in zip(layers, statistics):
+        layer.moving_mean.assign(np.asarray(mean, np.float32))
+        layer.moving_stddev.assign(np.asarray(stddev, np.float32))
+
+
+def _average_step_statistics(layers, inputs, forward, statistics):
+    """One pass: per layer, the mean over batches of the step's mean(µ_B) and mean(σ_B)."""
+    sums = [[0.0, 0.0] for _ in layers]
+    for x in inputs:
+        _assign(layers, statistics)  # every batch sees the same µ and σ
+        forward(x)
+        for total, layer in zip(sums, layers):
+            total[0] = total[0] + ops.convert_to_numpy(layer.moving_mean).astype(np.float64)
+            total[1] = total[1] + ops.convert_to_numpy(layer.moving_stddev).astype(np.float64)
+    # µ = mean over batches of mean(µ_B), σ = mean over batches of mean(σ_B)
+    return [(mean / len(inputs), stddev / len(inputs)) for mean, stddev in sums]
+
+
+@contextlib.contextmanager
+def recalibrated(model, batches, forward=None):
+    """Context manager: the model recalibrated on `batches` inside, as it was outside.
+
+        with br.recalibrated(model, batches):
+            accuracy = evaluate(model)
+    """
+    before = recalibrate(model, batches, forward)
+    try:
+        yield model
+    finally:
+        restore(model, before)

@@ -1,0 +1,282 @@
+"""Result files and their statistics: the arms, CSVs, settings, and paired differences.
+
+Everything that reads or writes experiment results lives here, without
+TensorFlow, so that figures and notebooks that only read results load fast
+and the runner and the plots agree on one format.
+"""
+
+import csv
+import dataclasses
+import io
+import json
+import os
+import re
+from pathlib import Path
+
+import numpy as np
+
+COLUMNS = ["step", "val_accuracy", "val_loss", "val_accuracy_recalibrated",
+           "val_loss_recalibrated", "train_loss", "r_clipped", "d_clipped", "wall_seconds"]
+BASELINE_GROUP = 32  # each of the paper's workers normalized its own 32 examples
+SETTINGS_FILE = "settings.json"
+
+
+@dataclasses.dataclass(frozen=True)
+class Arm:
+    """One way of normalizing, trained on the same minibatches as the others.
+
+    Attributes:
+        name: The arm's key in file names and on the command line.
+        label: How figures and tables name it.
+        color: Its matplotlib colour.
+        renorm: Whether rmax and dmax are opened (batch renorm) or kept at
+            1 and 0 (batch norm).
+        group: Examples normalized together; None means the preset's microbatch.
+        alpha: Update rate of the moving statistics; None means the preset's.
+        ramp: Whether rmax and dmax follow the preset's warm-up and ramp, or
+            sit at their final values from step 0.
+    """
+
+    name: str
+    label: str
+    color: str
+    renorm: bool = False
+    group: int | None = None
+    alpha: float | None = None
+    ramp: bool = True
+
+
+STUDENT_ALPHA = 0.99  # the student code's moving-average rate, instead of the paper's 0.01
+
+ARMS = {arm.name: arm for arm in (
+    Arm("batchnorm", "Batchnorm", "tab:blue"),
+    Arm("batchrenorm", "Batch Renorm", "tab:red", renorm=True),
+    Arm("baseline", "Batchnorm, groups of 32", "tab:gray", group=BASELINE_GROUP),
+    Arm("batchnorm_seedbug", "Batchnorm, α = 0.99", "tab:cyan", alpha=STUDENT_ALPHA),
+    Arm("batchrenorm_seedbug", "Batch Renorm, α = 0.99", "tab:pink", renorm=True,
+        alpha=STUDENT_ALPHA),
+    Arm("batchrenorm_noramp", "Batch Renorm, no ramp", "tab:orange", renorm=True, ramp=False),
+)}
+DEFAULT_ARMS = ("batchnorm", "batchrenorm", "baseline")
+ABLATIONS = ("batchnorm_seedbug", "batchrenorm_seedbug", "batchrenorm_noramp")
+
+
+def check_arms(arms):
+    """`arms` as a list, or a ValueError naming the allowed arms."""
+    arms = list(arms)
+    bad = [arm for arm in arms if arm not in ARMS]
+    if bad or not arms:
+        raise ValueError(f"`arms` must be a non-empty subset of {list(ARMS)}; got {arms}.")
+    return arms
+
+
+# ---------------------------------------------------------------------------
+# Files
+# ---------------------------------------------------------------------------
+def write_atomic(path, payload):
+    """Writes bytes to `path` through a temporary file and a rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.tmp")
+    with open(temporary, "wb") as handle:
+        handle.write(payload)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(temporary, path)
+
+
+def result_path(results_dir, preset_name, arm, seed):
+    return Path(results_dir) / preset_name / f"{arm}_seed{seed}.csv"
+
+
+def rows_to_csv(rows):
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return text.getvalue().encode()
+
+
+def read_csv(path):
+    with open(path, newline="") as handle:
+        return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(handle)]
+
+
+def check_settings(directory, settings, ignore=("seeds",)):
+    """Records `settings` (a dict) in `directory`, or checks them against the record.
+
+    A results directory belongs to one set of settings. Writing results of
+    other settings into it would mix them, and skipping finished seeds would
+    return stale ones, so a mismatch is an error that names what differs.
+    Keys in `ignore` may differ (more seeds of the same settings are fine).
+    """
+    path = Path(directory) / SETTINGS_FILE
+    wanted = json.loads(json.dumps(settings))  # tuples become lists, as on disk
+    if path.exists():
+        stored = json.loads(path.read_text())
+        differ = sorted(key for key in set(stored) | set(wanted) if key not in ignore
+                        and stored.get(key) != wanted.get(key))
+        if differ:
+            details = "; ".join(f"{key}: {stored.get(key)!r} on disk, {wanted.get(key)!r} now"
+                                for key in differ)
+            raise ValueError(
+                f"{directory} holds results of other settings ({details}). Pass another "
+                f"`results_dir` (--results-dir), or delete {directory} to start over.")
+        return path
+    if Path(directory).exists() and any(Path(directory).glob("*.csv")):
+        raise ValueError(f"{directory} holds result CSVs but no {SETTINGS_FILE}, so their "
+                         "settings are unknown. Move them away or delete them.")
+    write_atomic(path, (json.dumps(wanted, indent=1, sort_keys=True) + "\n").encode())
+    return path
+
+
+def load_settings(results_dir, preset_name):
+    """The settings recorded beside a preset's results, or None."""
+    path = Path(results_dir) / preset_name / SETTINGS_FILE
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+# ---------------------------------------------------------------------------
+# Curves and statistics
+# ---------------------------------------------------------------------------
+@dataclasses.dataclass
+class Curves:
+    """One arm's results: every column as an array of shape (seeds, evaluations)."""
+
+    steps: np.ndarray
+    seeds: list
+    columns: dict
+
+    def __getitem__(self, column):
+        return self.columns[column]
+
+
+def load_results(results_dir, preset_name, arms=None):
+    """{arm: Curves} for the arms with result CSVs on disk, in ARMS order."""
+    results = {}
+    for arm in arms or ARMS:
+        # "batchnorm_seed*" would also match batchnorm_seedbug's files: match exactly.
+        pattern = re.compile(rf"{re.escape(arm)}_seed(\d+)\.csv")
+        found = {int(m.group(1)): path for path in Path(results_dir, preset_name).glob("*.csv")
+                 if (m := pattern.fullmatch(path.name))}
+        if not found:
+            continue
+        seeds = sorted(found)
+        runs = [read_csv(found[seed]) for seed in seeds]
+        length = min(len(run) for run in runs)
+        columns = {name: np.array([[row[name] for row in run[:length]] for run in runs])
+                   for name in COLUMNS if name in runs[0][0]}
+        results[arm] = Curves(columns["step"][0], seeds, columns)
+    if not results:
+        raise FileNotFoundError(f"no result CSVs in {Path(results_dir, preset_name)}; "
+                                f"run `python -m brlib reproduce --preset {preset_name}` first")
+    return results
+
+
+def final_values(values, last):
+    """Per seed, the mean of the last `last` evaluations of (seeds, evaluations) values."""
+    return np.asarray(values)[:, -last:].mean(axis=1)
+
+
+def t_interval(samples, level=0.95):
+    """Mean, sample sd and the two-sided t confidence interval of the mean."""
+    from scipy import stats
+
+    samples = np.asarray(samples, dtype=float)
+    n = len(samples)
+    mean = samples.mean()
+    if n < 2:
+        return mean, float("nan"), (float("nan"), float("nan"))
+    sd = samples.std(ddof=1)
+    half = stats.t.ppf(0.5 + level / 2, n - 1) * sd / np.sqrt(n)
+    return mean, sd, (mean - half, mean + half)
+
+
+def mean_band(values, level=0.95):
+    """Per evaluation, the seed mean and the half-width of its t confidence interval."""
+    from scipy import stats
+
+    values = np.asarray(values, dtype=float)
+    n = len(values)
+    mean = values.mean(axis=0)
+    if n < 2:
+        return mean, np.zeros_like(mean)
+    return mean, stats.t.ppf(0.5 + level / 2, n - 1) * values.std(axis=0, ddof=1) / np.sqrt(n)
+
+
+@dataclasses.dataclass(frozen=True)
+class Difference:
+    """A paired per-seed difference between two arms, in accuracy points."""
+
+    arm: str
+    reference: str
+    column: str
+    seeds: int
+    mean: float
+    sd: float
+    low: float
+    high: float
+
+    @property
+    def distinguishable(self):
+        """Whether the 95 % interval excludes zero."""
+        return self.low > 0 or self.high < 0
+
+
+def paired_difference(results, arm, reference, column="val_accuracy", last=1):
+    """`arm` minus `reference` over the seeds both have, with a 95 % t-interval, in points."""
+    a, b = results[arm], results[reference]
+    common = sorted(set(a.seeds) & set(b.seeds))
+    if not common:
+        raise ValueError(f"arms {arm!r} and {reference!r} share no seed")
+    pick = lambda curves: final_values(curves[column], last)[[curves.seeds.index(s)
+                                                              for s in common]]
+    mean, sd, (low, high) = t_interval(100 * (pick(a) - pick(b)))
+    return Difference(arm, reference, column, len(common), mean, sd, low, high)
+
+
+def differences(results, reference="batchnorm", last=1):
+    """Every other arm minus `reference`, on moving-average and recalibrated accuracy."""
+    return [paired_difference(results, arm, reference, column, last)
+            for column in ("val_accuracy", "val_accuracy_recalibrated")
+            for arm in results if arm != reference and reference in results]
+
+
+def steady_state(curves, column="val_accuracy"):
+    """How far the seed mean moves over the last quarter, against the seed sd at the end.
+
+    Returns (largest |mean(t) − mean(end)| over the evaluations in the last
+    quarter of the run, sd over seeds at the last evaluation), in points. The
+    run is at a steady state when the first is smaller than the second.
+    """
+    values = 100 * np.asarray(curves[column])
+    steps = curves.steps
+    last_quarter = steps >= 0.75 * steps[-1]
+    mean = values.mean(axis=0)
+    drift = float(np.max(np.abs(mean[last_quarter] - mean[-1])))
+    sd = float(values[:, -1].std(ddof=1)) if len(values) > 1 else float("nan")
+    return drift, sd
+
+
+def format_table(results, last, reference="batchnorm"):
+    """A Markdown table of each arm's final accuracy and its paired difference to `reference`."""
+    lines = ["| arm | seeds | moving averages (%) | recalibrated (%) | "
+             f"− {ARMS[reference].label}, moving averages | − {ARMS[reference].label}, "
+             "recalibrated | last-quarter drift / end sd |",
+             "|---|---|---|---|---|---|---|"]
+    for arm, curves in results.items():
+        cells = [ARMS[arm].label, str(len(curves.seeds))]
+        for column in ("val_accuracy", "val_accuracy_recalibrated"):
+            mean, sd, _ = t_interval(100 * final_values(curves[column], last))
+            cells.append(f"{mean:.2f} ± {sd:.2f}")
+        for column in ("val_accuracy", "val_accuracy_recalibrated"):
+            if arm == reference or reference not in results:
+                cells.append("—")
+                continue
+            diff = paired_difference(results, arm, reference, column, last)
+            mark = "" if diff.distinguishable else " (not distinguishable from 0)"
+            cells.append(f"{diff.mean:+.2f} [{diff.low:+.2f}, {diff.high:+.2f}]{mark}")
+        drift, sd = steady_state(curves)
+        cells.append(f"{drift:.2f} / {sd:.2f}")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)

@@ -1,0 +1,11 @@
+"""Program for the kill-and-resume test: one tiny batchrenorm run, `python run_resumable.py RESULTS STEPS`."""
+
+import sys
+
+from toy import TINY, tiny_data
+
+from brlib import experiment
+
+results, steps = sys.argv[1], int(sys.argv[2])
+preset = experiment.get_preset("quick", **dict(TINY, steps=steps))
+experiment.run_one(preset, "batchrenorm", 0, tiny_data(), results)

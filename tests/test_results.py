@@ -1,0 +1,128 @@
+"""brlib.results: settings records, result loading, and statistics against SciPy's own tests."""
+
+import json
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from brlib import results
+
+
+def write_runs(directory, arm, accuracies, recalibrated=None, preset="quick"):
+    """One CSV per seed, with the given accuracy curves (evaluations every 10 steps)."""
+    recalibrated = accuracies if recalibrated is None else recalibrated
+    for seed, (values, calibrated) in enumerate(zip(accuracies, recalibrated)):
+        rows = [{"step": 10 * (i + 1), "val_accuracy": v, "val_loss": 1.0,
+                 "val_accuracy_recalibrated": c, "val_loss_recalibrated": 1.0,
+                 "train_loss": 2.0 - v, "r_clipped": 0.0, "d_clipped": 0.0, "wall_seconds": 1.0}
+                for i, (v, c) in enumerate(zip(values, calibrated))]
+        results.write_atomic(directory / preset / f"{arm}_seed{seed}.csv",
+                             results.rows_to_csv(rows))
+
+
+def test_settings_are_recorded_then_enforced(tmp_path):
+    directory = tmp_path / "quick"
+    settings = {"steps": 100, "widths": (8, 16), "seeds": 5}
+    results.check_settings(directory, settings)
+    assert json.loads((directory / "settings.json").read_text()) == {
+        "steps": 100, "widths": [8, 16], "seeds": 5}
+    results.check_settings(directory, dict(settings, seeds=10))  # more seeds: same settings
+    with pytest.raises(ValueError) as error:
+        results.check_settings(directory, dict(settings, steps=200, widths=(8, 32)))
+    message = str(error.value)
+    assert "steps: 100 on disk, 200 now" in message and "widths: [8, 16] on disk" in message
+
+
+def test_results_without_a_settings_record_are_not_adopted(tmp_path):
+    write_runs(tmp_path, "batchnorm", [[0.1, 0.2]])
+    with pytest.raises(ValueError, match="settings are unknown"):
+        results.check_settings(tmp_path / "quick", {"steps": 20})
+
+
+def test_load_results_reads_every_column_by_seed(tmp_path):
+    write_runs(tmp_path, "batchnorm", [[0.1, 0.5], [0.2, 0.7], [0.1, 0.6]])
+    write_runs(tmp_path, "batchrenorm", [[0.3, 0.8], [0.4, 0.9]])
+    loaded = results.load_results(tmp_path, "quick")
+    assert list(loaded) == ["batchnorm", "batchrenorm"]
+    curves = loaded["batchnorm"]
+    np.testing.assert_array_equal(curves.steps, [10, 20])
+    assert curves.seeds == [0, 1, 2]
+    np.testing.assert_array_equal(curves["val_accuracy"], [[0.1, 0.5], [0.2, 0.7], [0.1, 0.6]])
+    np.testing.assert_allclose(curves["train_loss"], 2 - curves["val_accuracy"])
+
+
+def test_missing_results_say_how_to_make_them(tmp_path):
+    with pytest.raises(FileNotFoundError, match="python -m brlib reproduce --preset quick"):
+        results.load_results(tmp_path, "quick")
+
+
+def test_paired_difference_matches_scipys_paired_t_test(tmp_path):
+    rng = np.random.default_rng(0)
+    base = rng.uniform(0.6, 0.8, (7, 4))
+    better = base + rng.normal(0.02, 0.01, base.shape)
+    write_runs(tmp_path, "batchnorm", base)
+    write_runs(tmp_path, "batchrenorm", better)
+    loaded = results.load_results(tmp_path, "quick")
+    diff = results.paired_difference(loaded, "batchrenorm", "batchnorm", last=2)
+    a, b = 100 * better[:, -2:].mean(1), 100 * base[:, -2:].mean(1)
+    test = stats.ttest_rel(a, b)
+    interval = test.confidence_interval(0.95)
+    assert diff.seeds == 7
+    assert diff.mean == pytest.approx(np.mean(a - b))
+    assert (diff.low, diff.high) == pytest.approx((interval.low, interval.high))
+    assert diff.distinguishable == (test.pvalue < 0.05)
+
+
+def test_paired_difference_uses_only_shared_seeds(tmp_path):
+    write_runs(tmp_path, "batchnorm", [[0.5], [0.6], [0.7]])
+    write_runs(tmp_path, "batchnorm_seedbug", [[0.6], [0.8]])
+    loaded = results.load_results(tmp_path, "quick")
+    diff = results.paired_difference(loaded, "batchnorm_seedbug", "batchnorm")
+    assert diff.seeds == 2 and diff.mean == pytest.approx(15.0)
+
+
+def test_t_interval_and_band_agree_with_scipy():
+    samples = np.array([1.0, 2.5, 0.5, 3.0, 2.0])
+    mean, sd, (low, high) = results.t_interval(samples)
+    expected = stats.t.interval(0.95, len(samples) - 1, loc=samples.mean(),
+                                scale=stats.sem(samples))
+    assert (low, high) == pytest.approx(expected) and sd == pytest.approx(samples.std(ddof=1))
+    values = np.stack([samples, 2 * samples])
+    centre, half = results.mean_band(values.T)
+    np.testing.assert_allclose(centre, values.mean(1))
+    np.testing.assert_allclose(half, [expected[1] - samples.mean(),
+                                      2 * (expected[1] - samples.mean())])
+
+
+def test_steady_state_compares_last_quarter_drift_with_seed_sd(tmp_path):
+    # Evaluations at steps 10 … 80: the last quarter is steps 60, 70, 80.
+    settled = [[0.1, 0.3, 0.5, 0.6, 0.7, 0.80, 0.81, 0.80],
+               [0.1, 0.3, 0.5, 0.6, 0.7, 0.82, 0.83, 0.84]]
+    write_runs(tmp_path, "batchnorm", settled)
+    drift, sd = results.steady_state(results.load_results(tmp_path, "quick")["batchnorm"])
+    mean = 100 * np.mean(settled, axis=0)
+    assert drift == pytest.approx(np.max(np.abs(mean[5:] - mean[-1])))
+    assert sd == pytest.approx(100 * np.std([0.80, 0.84], ddof=1))
+    assert drift < sd
+
+
+def test_table_names_each_difference_and_whether_it_is_distinguishable(tmp_path):
+    write_runs(tmp_path, "batchnorm", [[0.50], [0.60], [0.70]])
+    write_runs(tmp_path, "batchrenorm", [[0.60], [0.70], [0.80]])  # +10 in every seed
+    write_runs(tmp_path, "baseline", [[0.55], [0.55], [0.75]])
+    table = results.format_table(results.load_results(tmp_path, "quick"), last=1)
+    lines = table.splitlines()
+    assert len(lines) == 5
+    assert "+10.00 [+10.00, +10.00]" in lines[3] and "not distinguishable" not in lines[3]
+    assert "not distinguishable from 0" in lines[4]
+
+
+def test_arms_are_checked_by_name():
+    assert results.check_arms(("batchnorm", "batchrenorm_noramp")) == [
+        "batchnorm", "batchrenorm_noramp"]
+    with pytest.raises(ValueError, match="arms"):
+        results.check_arms(["groupnorm"])
+    with pytest.raises(ValueError, match="arms"):
+        results.check_arms([])
+    assert set(results.DEFAULT_ARMS) | set(results.ABLATIONS) == set(results.ARMS)
