@@ -22,7 +22,8 @@ def _parser():
     figure = commands.add_parser(
         "figure", help="print the paired differences and draw figures/figure2_<preset>.png and .svg")
     figure.add_argument("--preset", required=True)
-    figure.add_argument("--arms", nargs="+", help="default: every arm with results")
+    figure.add_argument("--arms", nargs="+", help=f"arms to draw (the table lists every arm "
+                        f"with results); default: {' '.join(DEFAULT_ARMS)}")
     figure.add_argument("--results-dir", default="data/results")
     figure.add_argument("--figures-dir", default="figures")
     return parser
@@ -43,14 +44,17 @@ def figure(args):
     matplotlib.use("Agg")
     from brlib import plots, results
 
-    arms = results.check_arms(args.arms) if args.arms else None
-    loaded = results.load_results(args.results_dir, args.preset, arms)
+    drawn = results.check_arms(args.arms) if args.arms else DEFAULT_ARMS
+    loaded = results.load_results(args.results_dir, args.preset)  # the table has every arm
     settings = results.load_settings(args.results_dir, args.preset) or {}
     last = settings.get("final_evaluations", 1)
     print(f"Preset '{args.preset}': final accuracy = mean of the last {last} evaluation(s) per "
           "seed; differences are paired by seed, with 95 % t-intervals, in points.\n")
     print(results.format_table(loaded, last))
-    fig = plots.figure2(loaded, f"Microbatch experiment, preset '{args.preset}'", last)
+    shown = {arm: curves for arm, curves in loaded.items() if arm in drawn}
+    if not shown:
+        raise FileNotFoundError(f"no results of the arms {list(drawn)} to draw")
+    fig = plots.figure2(shown, f"Microbatch experiment, preset '{args.preset}'", last)
     for path in plots.save_figure(fig, f"figure2_{args.preset}", args.figures_dir):
         print(path)
 

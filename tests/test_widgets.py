@@ -95,3 +95,18 @@ def test_experiment_form_runs_compare_with_the_form_values(monkeypatch):
     microbatch.value, rmax.value, dmax.value = 4, 2.0, 1.5
     form.run_button.click()
     assert calls == [("data", 4, 2.0, 1.5, 100)]
+
+
+def test_comparison_figure_draws_both_accuracies_of_each_arm():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    steps = np.array([5, 10])
+    curves = {"batchnorm": (steps, np.array([0.2, 0.4]), np.array([0.5, 0.6])),
+              "batchrenorm": (steps, np.array([0.3, 0.7]), np.array([0.6, 0.7]))}
+    fig = widgets.comparison_figure(curves)
+    lines = fig.axes[0].get_lines()
+    np.testing.assert_allclose([line.get_ydata() for line in lines],
+                               [[20, 40], [50, 60], [30, 70], [60, 70]])
+    assert [line.get_linestyle() for line in lines] == ["-", "--", "-", "--"]
+    assert "recalibrated (60.0%)" in fig.axes[0].get_legend().get_texts()[1].get_text()

@@ -1,0 +1,31 @@
+"""brlib.__main__: the figure command prints the paired differences and draws the figure."""
+
+import numpy as np
+from test_results import write_runs
+
+from brlib import __main__ as cli
+from brlib import results
+
+
+def test_figure_prints_the_table_of_every_arm_and_draws_the_main_ones(tmp_path, capsys):
+    results.check_settings(tmp_path / "quick", {"final_evaluations": 2})
+    write_runs(tmp_path, "batchnorm", [[0.50, 0.60], [0.52, 0.62], [0.55, 0.61]])
+    write_runs(tmp_path, "batchrenorm", [[0.55, 0.66], [0.50, 0.65], [0.60, 0.70]])
+    write_runs(tmp_path, "batchnorm_seedbug", [[0.40, 0.50], [0.45, 0.55]])
+    code = cli.main(["figure", "--preset", "quick", "--results-dir", str(tmp_path),
+                     "--figures-dir", str(tmp_path / "figures")])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "mean of the last 2 evaluation(s)" in out and "95 % t-intervals" in out
+    expected = results.paired_difference(results.load_results(tmp_path, "quick"), "batchrenorm",
+                                         "batchnorm", last=2)
+    assert f"{expected.mean:+.2f} [{expected.low:+.2f}, {expected.high:+.2f}]" in out
+    assert "Batchnorm, α = 0.99" in out  # the table lists the ablation too
+    assert sorted(p.name for p in (tmp_path / "figures").iterdir()) == [
+        "figure2_quick.png", "figure2_quick.svg"]
+    assert np.isfinite(expected.mean)
+
+
+def test_figure_without_results_says_how_to_make_them(tmp_path, capsys):
+    assert cli.main(["figure", "--preset", "quick", "--results-dir", str(tmp_path)]) == 2
+    assert "python -m brlib reproduce --preset quick" in capsys.readouterr().err
