@@ -1,5 +1,7 @@
 """Per-layer diagnostics of a model's BatchRenormalization layers during training."""
 
+import contextlib
+
 import keras
 import numpy as np
 
@@ -23,10 +25,33 @@ def train_inference_gap(model, images):
     """
     layers = renorm_layers(model)
     probe = keras.Model(model.input, [layer.output for layer in layers])
-    state = [(v, v.numpy()) for layer in layers for v in layer.non_trainable_variables]
-    train = keras.tree.flatten(probe(images, training=True))  # a list even for one layer
-    for variable, value in state:
-        variable.assign(value)
+    with _untouched(layers):
+        train = keras.tree.flatten(probe(images, training=True))  # a list even for one layer
     infer = keras.tree.flatten(probe(images, training=False))
     return [float(np.sqrt(np.mean((np.asarray(a) - np.asarray(b)) ** 2)))
             for a, b in zip(train, infer)]
+
+
+def layer_inputs(model, images):
+    """{layer name: the inputs of that BatchRenormalization layer}, in training mode.
+
+    The inputs are what a layer normalizes: their microbatch statistics are
+    the µ_B and σ_B of the paper. Moving statistics and counters are
+    restored afterwards, as in `train_inference_gap`.
+    """
+    layers = renorm_layers(model)
+    probe = keras.Model(model.input, [layer.input for layer in layers])
+    with _untouched(layers):
+        outputs = keras.tree.flatten(probe(images, training=True))
+    return {layer.name: np.asarray(output) for layer, output in zip(layers, outputs)}
+
+
+@contextlib.contextmanager
+def _untouched(layers):
+    """Puts back the layers' moving statistics and counters that a training-mode call moves."""
+    state = [(v, v.numpy()) for layer in layers for v in layer.non_trainable_variables]
+    try:
+        yield
+    finally:
+        for variable, value in state:
+            variable.assign(value)

@@ -21,24 +21,38 @@ def colab_url(notebook):
 # ---------------------------------------------------------------------------
 # Pure functions
 # ---------------------------------------------------------------------------
-def simulate_corrections(microbatch_size, values_per_example=1, microbatches=4000, seed=0):
-    """Unclipped r = σ_B/σ and d = (µ_B − µ)/σ of microbatches drawn from N(µ, σ²).
+def corrections_from_features(features, microbatch_size, microbatches=2000, seed=0,
+                              epsilon=1e-3):
+    """Unclipped r and d of random microbatches of real features, per (microbatch, channel).
+
+    Microbatches of `microbatch_size` examples are drawn from `features`
+    (examples first, channels last; a convolution's spatial positions are
+    reduced too, as the layer does). µ is the features' mean and σ = E[σ_B],
+    the mean of σ_B over the drawn microbatches: the values the moving
+    averages converge to, so that E[r] = 1 and E[d] = 0.
 
     Args:
+        features: Array of shape (examples, ..., channels), e.g. a layer's inputs.
         microbatch_size: Examples per microbatch, m >= 2 (one example has σ_B = √ε).
-        values_per_example: Values each example adds to the statistics (the
-            spatial positions of a convolution's channel).
         microbatches: How many microbatches to draw.
         seed: Seed of the draw.
+        epsilon: The layer's ε, added to the variance.
 
     Returns:
-        (r, d), two arrays of length `microbatches`.
+        (r, d), two arrays of shape (microbatches, channels).
     """
-    if microbatch_size < 2:
-        raise ValueError(f"`microbatch_size` must be >= 2; got {microbatch_size}.")
-    rng = np.random.default_rng(seed)
-    x = rng.normal(size=(microbatches, microbatch_size * values_per_example))
-    return np.sqrt(x.var(axis=1) + 1e-3), x.mean(axis=1)  # population µ = 0, σ = 1
+    if isinstance(microbatch_size, bool) or not isinstance(microbatch_size, (int, np.integer)) \
+            or microbatch_size < 2:
+        raise ValueError(f"`microbatch_size` must be an integer >= 2; got {microbatch_size!r}.")
+    features = np.asarray(features, dtype=np.float64)
+    axes = tuple(range(features.ndim - 1))
+    picks = np.random.default_rng(seed).integers(0, len(features), (microbatches, microbatch_size))
+    groups = features[picks]                      # (microbatches, m, ..., channels)
+    group_axes = tuple(range(1, groups.ndim - 1))
+    mean_b = groups.mean(axis=group_axes)
+    sigma_b = np.sqrt(groups.var(axis=group_axes) + epsilon)
+    mu, sigma = features.mean(axis=axes), sigma_b.mean(axis=0)
+    return sigma_b / sigma, (mean_b - mu) / sigma  # r = σ_B/σ, d = (µ_B − µ)/σ
 
 
 def clip_fractions(r, d, rmax, dmax):
@@ -51,19 +65,20 @@ def clip_text(r, d, rmax, dmax):
     return f"clipped: r {100 * fraction_r:.1f} %, d {100 * fraction_d:.1f} %"
 
 
-def clip_figure(r, d, rmax, dmax):
+def clip_figure(r, d, rmax, dmax, title=""):
     """Histograms of r and d with the clip bounds drawn in."""
     import matplotlib.pyplot as plt
 
+    r, d = np.ravel(r), np.ravel(d)
     fig, (ax_r, ax_d) = plt.subplots(1, 2, figsize=(9, 3))
     ax_r.hist(r, bins=60, color="tab:blue", alpha=0.7)
     for bound in (1 / rmax, rmax):
         ax_r.axvline(bound, color="tab:red")
-    ax_r.set(xlabel="r = σ_B / σ", title=f"rmax = {rmax:.2f}")
+    ax_r.set(xlabel="r = σ_B / σ", title=f"{title}rmax = {rmax:.2f}")
     ax_d.hist(d, bins=60, color="tab:green", alpha=0.7)
     for bound in (-dmax, dmax):
         ax_d.axvline(bound, color="tab:red")
-    ax_d.set(xlabel="d = (µ_B − µ) / σ", title=f"dmax = {dmax:.2f}")
+    ax_d.set(xlabel="d = (µ_B − µ) / σ", title=f"{title}dmax = {dmax:.2f}")
     fig.tight_layout()
     return fig
 
@@ -150,11 +165,36 @@ def _clip_sliders(rmax, dmax):
             "dmax": _slider("dmax", dmax, 0.0, 5.0, 0.05)}
 
 
-def clip_explorer(microbatch_size=4, values_per_example=1, rmax=1.5, dmax=0.5):
-    """Sliders for rmax and dmax over histograms of simulated r and d, with the clipped share."""
-    r, d = simulate_corrections(microbatch_size, values_per_example)
-    return _panel(_clip_sliders(rmax, dmax), lambda rmax, dmax: (clip_figure(r, d, rmax, dmax),
-                                               clip_text(r, d, rmax, dmax)))
+def clip_explorer(features, microbatch_size=4, rmax=1.5, dmax=0.5,
+                  microbatch_sizes=(2, 4, 8, 16, 32)):
+    """Sliders for rmax and dmax, and a choice of layer and microbatch size, over r and d.
+
+    Args:
+        features: {layer name: that layer's inputs}, as from
+            `brlib.diagnostics.layer_inputs`, or one array.
+        microbatch_size: The microbatch size shown first.
+        rmax: The rmax shown first.
+        dmax: The dmax shown first.
+        microbatch_sizes: The sizes to choose from.
+    """
+    import ipywidgets as widgets
+
+    features = features if isinstance(features, dict) else {"features": features}
+    controls = _clip_sliders(rmax, dmax)
+    controls["microbatch_size"] = widgets.Dropdown(
+        options=list(microbatch_sizes), value=microbatch_size, description="microbatch")
+    controls["layer"] = widgets.Dropdown(options=list(features), description="layer")
+    cache = {}
+
+    def draw(rmax, dmax, microbatch_size, layer):
+        if (layer, microbatch_size) not in cache:
+            cache[layer, microbatch_size] = corrections_from_features(features[layer],
+                                                                      microbatch_size)
+        r, d = cache[layer, microbatch_size]
+        title = f"{layer}, m = {microbatch_size}: "
+        return clip_figure(r, d, rmax, dmax, title), clip_text(r, d, rmax, dmax)
+
+    return _panel(controls, draw)
 
 
 def train_inference_explorer(microbatch_size=4, rmax=1.0, dmax=0.0, seed=0):

@@ -39,3 +39,26 @@ def test_clip_fractions_by_layer_reads_each_layer():
     model, layer = one_layer_model(rmax=1.0, dmax=0.0, microbatch_size=4)
     layer(np.random.default_rng(2).normal(size=(8, 5)).astype(np.float32), training=True)
     assert diagnostics.clip_fractions_by_layer(model) == [(1.0, 1.0)]
+
+
+def test_layer_inputs_are_what_each_layer_normalizes():
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((5,))
+    hidden = keras.layers.Dense(4, name="dense")(inputs)
+    first = br.BatchRenormalization(rmax=1.0, dmax=0.0, microbatch_size=2, name="first")
+    second = br.BatchRenormalization(rmax=1.0, dmax=0.0, microbatch_size=2, name="second")
+    model = keras.Model(inputs, second(keras.layers.ReLU()(first(hidden))))
+    x = np.random.default_rng(3).normal(size=(8, 5)).astype(np.float32)
+    before = [v.numpy() for v in model.non_trainable_variables]
+    found = diagnostics.layer_inputs(model, x)
+    for variable, value in zip(model.non_trainable_variables, before):
+        np.testing.assert_array_equal(variable.numpy(), value)
+    kernel, bias = (w.numpy() for w in model.get_layer("dense").weights)
+    h = x @ kernel + bias
+    groups = h.reshape(4, 2, 4)  # batch norm over pairs, then ReLU: the second layer's input
+    normalized = (groups - groups.mean(1, keepdims=True)) / np.sqrt(groups.var(1, keepdims=True)
+                                                                    + 1e-3)
+    assert list(found) == ["first", "second"]
+    np.testing.assert_allclose(found["first"], h, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(found["second"], np.maximum(normalized.reshape(8, 4), 0),
+                               rtol=1e-4, atol=1e-5)

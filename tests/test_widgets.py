@@ -11,12 +11,30 @@ import brlib as br  # noqa: E402
 from brlib import widgets  # noqa: E402
 
 
-def test_simulated_corrections_have_the_sampling_spread():
-    m, k = 4, 9
-    r, d = widgets.simulate_corrections(m, values_per_example=k, microbatches=20000)
-    # µ_B of m·k draws from N(0, 1) has standard deviation 1/√(m·k).
-    assert abs(d.std() - 1 / np.sqrt(m * k)) < 0.02 / np.sqrt(m * k) * 5
-    assert abs(d.mean()) < 0.01 and 0.8 < r.mean() < 1.0  # σ_B is biased low for small groups
+def features(seed=0):
+    """Conv-like features: 300 examples, 3×3 positions, 2 channels of different scale."""
+    rng = np.random.default_rng(seed)
+    return rng.normal([1.0, -2.0], [0.5, 3.0], size=(300, 3, 3, 2))
+
+
+def test_corrections_match_a_loop_over_microbatches():
+    values = features()
+    r, d = widgets.corrections_from_features(values, 4, microbatches=50, seed=1)
+    picks = np.random.default_rng(1).integers(0, len(values), (50, 4))
+    sigma_b = np.array([[np.sqrt(values[rows][..., c].var() + 1e-3) for c in range(2)]
+                        for rows in picks])
+    mean_b = np.array([[values[rows][..., c].mean() for c in range(2)] for rows in picks])
+    sigma = sigma_b.mean(axis=0)  # σ = E[σ_B], what the moving averages converge to
+    np.testing.assert_allclose(r, sigma_b / sigma)
+    np.testing.assert_allclose(d, (mean_b - values.mean(axis=(0, 1, 2))) / sigma)
+    np.testing.assert_allclose(r.mean(axis=0), 1.0)  # E[r] = 1 by construction
+
+
+def test_smaller_microbatches_spread_r_and_d_wider():
+    spreads = [np.std(widgets.corrections_from_features(features(), m)[0]) for m in (32, 8, 2)]
+    assert spreads[0] < spreads[1] < spreads[2]
+    with pytest.raises(ValueError, match="microbatch_size"):
+        widgets.corrections_from_features(features(), 1)
 
 
 def test_clip_fractions_count_values_outside_the_bounds():
@@ -29,8 +47,8 @@ def test_clip_fractions_count_values_outside_the_bounds():
 
 
 def test_wider_bounds_clip_less():
-    r, d = widgets.simulate_corrections(2)
-    fractions = [widgets.clip_fractions(r, d, rmax, rmax - 1) for rmax in (1.0, 1.5, 2, 3)]
+    r, d = widgets.corrections_from_features(features(), 2)
+    fractions = [widgets.clip_fractions(r, d, rmax, rmax - 1) for rmax in (1.0, 1.05, 1.2, 1.5)]
     assert fractions[0] == (1.0, 1.0)
     shares_of_r = [fraction_r for fraction_r, _ in fractions]
     assert all(wide < narrow for narrow, wide in zip(shares_of_r, shares_of_r[1:]))
@@ -55,13 +73,18 @@ def test_schedule_figure_draws_the_schedule():
 
 def test_clip_explorer_updates_its_text_when_a_slider_moves():
     pytest.importorskip("ipywidgets")
-    panel = widgets.clip_explorer(microbatch_size=2, rmax=1.5, dmax=0.5)
-    sliders, label = panel.children[0].children, panel.children[1]
+    panel = widgets.clip_explorer({"a": features(0), "b": features(1)}, microbatch_size=2,
+                                  rmax=1.1, dmax=0.2)
+    rmax, dmax, microbatch, layer = panel.children[0].children
+    label = panel.children[1]
     before = label.value
-    sliders[0].value = 3.0
+    rmax.value = 3.0
     assert label.value != before and "clipped" in label.value
-    r, d = widgets.simulate_corrections(2)
-    assert widgets.clip_text(r, d, 3.0, 0.5) in label.value
+    r, d = widgets.corrections_from_features(features(0), 2)
+    assert widgets.clip_text(r, d, 3.0, 0.2) in label.value
+    microbatch.value, layer.value = 8, "b"
+    r, d = widgets.corrections_from_features(features(1), 8)
+    assert widgets.clip_text(r, d, 3.0, 0.2) in label.value
 
 
 def test_other_explorers_build():
