@@ -36,6 +36,32 @@ def _check_microbatch_size(microbatch_size):
         )
 
 
+def clip_corrections(r, d, rmax, dmax):
+    """Clips renorm's corrections; the one place where their clipping is computed.
+
+    Pure arithmetic in `keras.ops`, shared by the layer, the widgets and the
+    notebooks' checks.
+
+    Args:
+        r: Unclipped r = σ_B / σ, any shape.
+        d: Unclipped d = (µ_B − µ) / σ, the same shape.
+        rmax: Clip bound for r, >= 1.
+        dmax: Clip bound for d, >= 0.
+
+    Returns:
+        (clipped r, clipped d, mask of r outside [1/rmax, rmax], mask of d
+        outside [−dmax, dmax]).
+
+    Reference:
+        Sergey Ioffe, "Batch Renormalization", arXiv:1702.03275, Algorithm 1.
+    """
+    r_clipped = ops.logical_or(r < 1.0 / rmax, r > rmax)
+    d_clipped = ops.abs(d) > dmax
+    r = ops.clip(r, 1.0 / rmax, rmax)  # r = clip(σ_B/σ, 1/rmax, rmax)
+    d = ops.clip(d, -dmax, dmax)  # d = clip((µ_B − µ)/σ, −dmax, dmax)
+    return r, d, r_clipped, d_clipped
+
+
 @keras.saving.register_keras_serializable(package="brlib")
 class BatchRenormalization(keras.layers.Layer):
     """Batch renormalization over the whole batch or over contiguous microbatches.
@@ -243,10 +269,9 @@ class BatchRenormalization(keras.layers.Layer):
 
         mean_b, var_b = ops.moments(x, axes=self._grouped_reduction_axes, keepdims=True)
         sigma_b = ops.sqrt(var_b + self.epsilon)  # σ_B = sqrt(var + ε)
-        r_free = ops.stop_gradient(sigma_b / sigma)
+        r_free = ops.stop_gradient(sigma_b / sigma)  # r and d are constants for the gradient
         d_free = ops.stop_gradient((mean_b - mu) / sigma)
-        r = ops.clip(r_free, 1.0 / rmax, rmax)  # r = clip(σ_B/σ, 1/rmax, rmax)
-        d = ops.clip(d_free, -dmax, dmax)  # d = clip((µ_B − µ)/σ, −dmax, dmax)
+        r, d, r_clipped, d_clipped = clip_corrections(r_free, d_free, rmax, dmax)
         # γ((x − µ_B)/σ_B · r + d) + β folds into one scale and one shift per
         # (microbatch, channel), so the activations are touched in one pass.
         x_scale = gamma * r / sigma_b
@@ -254,7 +279,8 @@ class BatchRenormalization(keras.layers.Layer):
         outputs = x * x_scale + x_shift
 
         self._update_moving_statistics(mean_b, sigma_b)
-        self._record_clipping(r_free, d_free, rmax, dmax)
+        self.fraction_r_clipped.assign(ops.mean(ops.cast(r_clipped, "float32")))
+        self.fraction_d_clipped.assign(ops.mean(ops.cast(d_clipped, "float32")))
         return outputs
 
     def _infer(self, x):
@@ -277,12 +303,6 @@ class BatchRenormalization(keras.layers.Layer):
             new = old + alpha * (target - old)  # µ := µ + α(µ_B − µ)
             weight.assign(ops.cast(ops.where(finite, new, old), weight.dtype))
         self.skipped_updates.assign(self.skipped_updates + ops.where(finite, 0.0, 1.0))
-
-    def _record_clipping(self, r_free, d_free, rmax, dmax):
-        r_out = ops.logical_or(r_free < 1.0 / rmax, r_free > rmax)
-        d_out = ops.abs(d_free) > dmax
-        self.fraction_r_clipped.assign(ops.mean(ops.cast(r_out, "float32")))
-        self.fraction_d_clipped.assign(ops.mean(ops.cast(d_out, "float32")))
 
     def get_config(self):
         config = super().get_config()

@@ -5,9 +5,10 @@ figure, so they are unit-tested without a browser. The builders return
 ipywidgets containers and work with ipywidgets 7.7 (Colab) and 8.
 """
 
+import keras
 import numpy as np
 
-from brlib.layers import BatchRenormalization
+from brlib.layers import BatchRenormalization, clip_corrections
 from brlib.schedule import RenormSchedule
 
 REPOSITORY = "brlib-team/brlib"  # GitHub owner/name used by the Colab badges
@@ -57,7 +58,9 @@ def corrections_from_features(features, microbatch_size, microbatches=2000, seed
 
 def clip_fractions(r, d, rmax, dmax):
     """Fractions of r outside [1/rmax, rmax] and of d outside [−dmax, dmax]."""
-    return float(np.mean((r < 1 / rmax) | (r > rmax))), float(np.mean(np.abs(d) > dmax))
+    _, _, r_clipped, d_clipped = clip_corrections(np.asarray(r), np.asarray(d), rmax, dmax)
+    return (float(np.mean(keras.ops.convert_to_numpy(r_clipped))),
+            float(np.mean(keras.ops.convert_to_numpy(d_clipped))))
 
 
 def clip_text(r, d, rmax, dmax):

@@ -434,3 +434,17 @@ def test_batch_not_divisible_by_microbatch_size():
     step(np.zeros((8, 3), np.float32))
     with pytest.raises(tf.errors.InvalidArgumentError, match="microbatch_size.*must divide"):
         step(np.zeros((6, 3), np.float32))
+
+
+def test_clip_corrections_against_the_bounds_written_out():
+    from brlib.layers import clip_corrections
+
+    r = np.array([0.2, 0.5, 0.9, 1.0, 1.9, 2.0, 2.5])
+    d = np.array([-3.0, -1.0, -0.2, 0.0, 0.5, 1.0, 4.0])
+    clipped_r, clipped_d, r_mask, d_mask = (keras.ops.convert_to_numpy(v)
+                                            for v in clip_corrections(r, d, 2.0, 1.0))
+    np.testing.assert_allclose(clipped_r, [0.5, 0.5, 0.9, 1.0, 1.9, 2.0, 2.0])
+    np.testing.assert_allclose(clipped_d, [-1.0, -1.0, -0.2, 0.0, 0.5, 1.0, 1.0])
+    # A value exactly on a bound is not clipped: it passes through unchanged.
+    np.testing.assert_array_equal(r_mask, [True, False, False, False, False, False, True])
+    np.testing.assert_array_equal(d_mask, [True, False, False, False, False, False, True])
