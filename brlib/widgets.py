@@ -56,6 +56,62 @@ def corrections_from_features(features, microbatch_size, microbatches=2000, seed
     return sigma_b / sigma, (mean_b - mu) / sigma  # r = σ_B/σ, d = (µ_B − µ)/σ
 
 
+def partner_outputs(features, microbatch_size, example=0, channel=0, partners=500, seed=0,
+                    epsilon=1e-3):
+    """One value of one example, normalized in training mode with many different partners.
+
+    The value is `features[example]` at its central position in `channel`.
+    Each draw puts the example in a microbatch with `microbatch_size` − 1
+    random other examples and normalizes it by that microbatch's µ_B and σ_B
+    (batch norm). Inference normalizes by µ, the features' mean, and by
+    σ = E[σ_B] over random microbatches, the values the moving averages hold.
+
+    Returns:
+        (training-mode outputs, one per draw; the inference-mode output).
+    """
+    if isinstance(microbatch_size, bool) or not isinstance(microbatch_size, (int, np.integer)) \
+            or microbatch_size < 2:
+        raise ValueError(f"`microbatch_size` must be an integer >= 2; got {microbatch_size!r}.")
+    features = np.asarray(features, dtype=np.float64)[..., channel]
+    centre = tuple(size // 2 for size in features.shape[1:])
+    value = features[(example,) + centre]
+    rng = np.random.default_rng(seed)
+    others = np.delete(np.arange(len(features)), example)
+    picks = np.stack([rng.choice(others, microbatch_size - 1, replace=False)
+                      for _ in range(partners)])
+    groups = np.concatenate([np.broadcast_to(features[example], (partners, 1) + features.shape[1:]),
+                             features[picks]], axis=1)
+    axes = tuple(range(1, groups.ndim))
+    train = (value - groups.mean(axis=axes)) / np.sqrt(groups.var(axis=axes) + epsilon)
+    random_groups = features[rng.integers(0, len(features), (partners, microbatch_size))]
+    sigma = np.sqrt(random_groups.var(axis=axes) + epsilon).mean()  # E[σ_B]
+    return train, (value - features.mean()) / sigma
+
+
+def partners_figure(outputs, inference):
+    """Histograms of an example's training-mode outputs, one row per microbatch size.
+
+    `outputs` maps a microbatch size to the outputs of `partner_outputs`. The
+    inference-mode output is marked: batch renorm with unclipped r and d
+    outputs exactly that value whatever the partners, since its training
+    output is (x − µ)/σ.
+    """
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(len(outputs), 1, figsize=(7, 1.5 + 1.1 * len(outputs)),
+                             sharex=True, squeeze=False)
+    for ax, (size, values) in zip(axes[:, 0], outputs.items()):
+        ax.hist(values, bins=50, color="tab:blue", alpha=0.7)
+        ax.axvline(inference, color="tab:red", lw=2)
+        ax.set_ylabel(f"m = {size}")
+        ax.set_yticks([])
+    axes[0, 0].set_title("training output of one example over random partners (batch norm); "
+                         "red: inference output, and renorm's training output", fontsize=9)
+    axes[-1, 0].set_xlabel("normalized value")
+    fig.tight_layout()
+    return fig
+
+
 def clip_fractions(r, d, rmax, dmax):
     """Fractions of r outside [1/rmax, rmax] and of d outside [−dmax, dmax]."""
     _, _, r_clipped, d_clipped = clip_corrections(np.asarray(r), np.asarray(d), rmax, dmax)
@@ -198,6 +254,22 @@ def clip_explorer(features, microbatch_size=4, rmax=1.5, dmax=0.5,
         return clip_figure(r, d, rmax, dmax, title), clip_text(r, d, rmax, dmax)
 
     return _panel(controls, draw)
+
+
+def partners_explorer(features, microbatch_size=2, microbatch_sizes=(2, 4, 8, 32), channel=0):
+    """A choice of microbatch size over one example's training outputs with random partners."""
+    import ipywidgets as widgets
+
+    size = widgets.Dropdown(options=list(microbatch_sizes), value=microbatch_size,
+                            description="microbatch")
+
+    def draw(microbatch_size):
+        values, inference = partner_outputs(features, microbatch_size, channel=channel)
+        spread = np.sqrt(np.mean((values - inference) ** 2))
+        return (partners_figure({microbatch_size: values}, inference),
+                f"RMS distance from the inference output: {spread:.3f}")
+
+    return _panel({"microbatch_size": size}, draw)
 
 
 def train_inference_explorer(microbatch_size=4, rmax=1.0, dmax=0.0, seed=0):

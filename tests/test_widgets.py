@@ -133,3 +133,31 @@ def test_comparison_figure_draws_both_accuracies_of_each_arm():
                                [[20, 40], [50, 60], [30, 70], [60, 70]])
     assert [line.get_linestyle() for line in lines] == ["-", "--", "-", "--"]
     assert "recalibrated (60.0%)" in fig.axes[0].get_legend().get_texts()[1].get_text()
+
+
+def test_partner_outputs_normalize_the_example_with_each_microbatch():
+    values = features()
+    train, inference = widgets.partner_outputs(values, 4, example=5, channel=1, partners=30,
+                                               seed=2)
+    rng = np.random.default_rng(2)
+    others = np.delete(np.arange(len(values)), 5)
+    expected = []
+    for _ in range(30):  # the same draws, written as a loop
+        group = np.concatenate([values[[5]], values[rng.choice(others, 3, replace=False)]])
+        channel = group[..., 1]
+        expected.append((values[5, 1, 1, 1] - channel.mean()) / np.sqrt(channel.var() + 1e-3))
+    np.testing.assert_allclose(train, expected)
+    random_groups = values[rng.integers(0, len(values), (30, 4))][..., 1]
+    sigma = np.sqrt(random_groups.var(axis=(1, 2, 3)) + 1e-3).mean()
+    assert inference == pytest.approx((values[5, 1, 1, 1] - values[..., 1].mean()) / sigma)
+
+
+def test_partners_spread_less_in_larger_microbatches():
+    spreads = [np.std(widgets.partner_outputs(features(), m)[0]) for m in (2, 8, 32)]
+    assert spreads[0] > spreads[1] > spreads[2]
+    pytest.importorskip("ipywidgets")
+    panel = widgets.partners_explorer(features(), microbatch_size=2)
+    label = panel.children[1]
+    before = label.value
+    panel.children[0].children[0].value = 32
+    assert label.value != before and "RMS distance" in label.value
