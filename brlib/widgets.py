@@ -23,7 +23,7 @@ def colab_url(notebook):
 # Pure functions
 # ---------------------------------------------------------------------------
 def corrections_from_features(features, microbatch_size, microbatches=2000, seed=0,
-                              epsilon=1e-3):
+                              epsilon=1e-3, mu=None, sigma=None):
     """Unclipped r and d of random microbatches of real features, per (microbatch, channel).
 
     Microbatches of `microbatch_size` examples are drawn from `features`
@@ -38,6 +38,10 @@ def corrections_from_features(features, microbatch_size, microbatches=2000, seed
         microbatches: How many microbatches to draw.
         seed: Seed of the draw.
         epsilon: The layer's ε, added to the variance.
+        mu: µ per channel, for example a layer's moving mean; None for the
+            features' mean.
+        sigma: σ per channel, for example a layer's moving stddev; None for
+            E[σ_B] over the drawn microbatches.
 
     Returns:
         (r, d), two arrays of shape (microbatches, channels).
@@ -52,7 +56,8 @@ def corrections_from_features(features, microbatch_size, microbatches=2000, seed
     group_axes = tuple(range(1, groups.ndim - 1))
     mean_b = groups.mean(axis=group_axes)
     sigma_b = np.sqrt(groups.var(axis=group_axes) + epsilon)
-    mu, sigma = features.mean(axis=axes), sigma_b.mean(axis=0)
+    mu = features.mean(axis=axes) if mu is None else np.asarray(mu, np.float64)
+    sigma = sigma_b.mean(axis=0) if sigma is None else np.asarray(sigma, np.float64)
     return sigma_b / sigma, (mean_b - mu) / sigma  # r = σ_B/σ, d = (µ_B − µ)/σ
 
 
@@ -170,18 +175,42 @@ def train_vs_inference_figure(train, infer, rmax, dmax):
     return fig
 
 
-def schedule_figure(warmup_steps, rmax_final, rmax_steps, dmax_final, dmax_steps, steps=None):
+def schedule_figure(warmup_steps, rmax_final, rmax_steps, dmax_final, dmax_steps, steps=None,
+                    recorded=None):
+    """The rmax/dmax schedule, and what it would clip of a recorded run's r and d.
+
+    Args:
+        warmup_steps, rmax_final, rmax_steps, dmax_final, dmax_steps: The
+            schedule, as for `RenormSchedule`.
+        steps: The last step drawn.
+        recorded: Optional (steps, r, d): at each recorded step, arrays of the
+            unclipped r and d of a run's microbatches against its moving
+            averages. A second panel then shows the share the schedule clips.
+    """
     import matplotlib.pyplot as plt
 
     schedule = RenormSchedule(warmup_steps, rmax_final, rmax_steps, dmax_final, dmax_steps)
     steps = np.linspace(0, steps or 1.25 * max(rmax_steps, dmax_steps, 1), 400)
     rmax, dmax = schedule(steps)
-    fig, ax = plt.subplots(figsize=(6, 3))
+    rows = 2 if recorded is not None else 1
+    fig, axes = plt.subplots(rows, 1, figsize=(6, 2.6 * rows + 0.4), sharex=True, squeeze=False)
+    ax = axes[0, 0]
     ax.plot(steps, rmax, label="rmax")
     ax.plot(steps, dmax, label="dmax")
     ax.axvline(warmup_steps, color="gray", ls=":", label="end of warm-up")
-    ax.set(xlabel="training step", ylabel="clip bound")
-    ax.legend()
+    ax.set(ylabel="clip bound")
+    ax.legend(fontsize=8)
+    if recorded is not None:
+        at, r_values, d_values = recorded
+        shares = np.array([clip_fractions(r, d, *schedule(int(step)))
+                           for step, r, d in zip(at, r_values, d_values)])
+        clipped = axes[1, 0]
+        clipped.plot(at, 100 * shares[:, 0], marker=".", label="r clipped")
+        clipped.plot(at, 100 * shares[:, 1], marker=".", label="d clipped")
+        clipped.axvline(warmup_steps, color="gray", ls=":")
+        clipped.set(ylabel="% clipped", ylim=(-3, 103))
+        clipped.legend(fontsize=8)
+    axes[-1, 0].set_xlabel("training step")
     fig.tight_layout()
     return fig
 
@@ -284,12 +313,16 @@ def train_inference_explorer(microbatch_size=4, rmax=1.0, dmax=0.0, seed=0):
 
 
 def schedule_explorer(warmup_steps=5000, rmax_final=3.0, rmax_steps=40000, dmax_final=5.0,
-                      dmax_steps=25000):
-    """Sliders for the warm-up end, the ramp ends and the final values of the schedule."""
+                      dmax_steps=25000, recorded=None, max_steps=80000):
+    """Sliders for the warm-up end, the ramp ends and the final values of the schedule.
+
+    With `recorded` (see `schedule_figure`) the panel also shows the share of
+    a real run's r and d that the chosen schedule clips, step by step.
+    """
     import ipywidgets as widgets
 
     def steps_slider(description, value):
-        return widgets.IntSlider(value=value, min=0, max=80000, step=500,
+        return widgets.IntSlider(value=value, min=0, max=max_steps, step=max(max_steps // 160, 1),
                                  description=description, continuous_update=False)
 
     sliders = {"warmup_steps": steps_slider("warm-up", warmup_steps),
@@ -302,7 +335,7 @@ def schedule_explorer(warmup_steps=5000, rmax_final=3.0, rmax_steps=40000, dmax_
         # A ramp may not end before the warm-up does: clamp instead of failing mid-drag.
         rmax_steps, dmax_steps = max(rmax_steps, warmup_steps), max(dmax_steps, warmup_steps)
         fig = schedule_figure(warmup_steps, rmax_final, rmax_steps, dmax_final, dmax_steps,
-                              steps=80000)
+                              steps=max_steps, recorded=recorded)
         return fig, None
 
     return _panel(sliders, draw)

@@ -71,6 +71,34 @@ def test_schedule_figure_draws_the_schedule():
     np.testing.assert_allclose(dmax_line.get_ydata(), expected[1])
 
 
+def test_schedule_figure_clips_a_recorded_run_with_the_schedule_of_each_step():
+    rng = np.random.default_rng(0)
+    at = [0, 20, 40, 60]
+    r_values = [rng.lognormal(0, 0.5, 100) for _ in at]
+    d_values = [rng.normal(0, 1.0, 100) for _ in at]
+    fig = widgets.schedule_figure(10, 3.0, 50, 5.0, 30, steps=100, recorded=(at, r_values, d_values))
+    r_line, d_line = fig.axes[1].get_lines()[:2]
+    schedule = br.RenormSchedule(10, 3.0, 50, 5.0, 30)
+    for index, step in enumerate(at):
+        rmax, dmax = schedule(step)
+        r, d = r_values[index], d_values[index]
+        assert r_line.get_ydata()[index] == pytest.approx(100 * np.mean((r < 1 / rmax) | (r > rmax)))
+        assert d_line.get_ydata()[index] == pytest.approx(100 * np.mean(np.abs(d) > dmax))
+    assert r_line.get_ydata()[0] == 100  # rmax = 1 in the warm-up: every r is clipped
+
+
+def test_corrections_can_be_taken_against_given_moving_averages():
+    values = features()
+    r, d = widgets.corrections_from_features(values, 4, microbatches=20, mu=[0.0, 0.0],
+                                             sigma=[2.0, 4.0])
+    picks = np.random.default_rng(0).integers(0, len(values), (20, 4))
+    sigma_b = np.array([[np.sqrt(values[rows][..., c].var() + 1e-3) for c in range(2)]
+                        for rows in picks])
+    mean_b = np.array([[values[rows][..., c].mean() for c in range(2)] for rows in picks])
+    np.testing.assert_allclose(r, sigma_b / [2.0, 4.0])
+    np.testing.assert_allclose(d, mean_b / [2.0, 4.0])
+
+
 def test_clip_explorer_updates_its_text_when_a_slider_moves():
     pytest.importorskip("ipywidgets")
     panel = widgets.clip_explorer({"a": features(0), "b": features(1)}, microbatch_size=2,
