@@ -4,10 +4,14 @@
     layer = br.BatchRenormalization(microbatch_size=4)
 """
 
-from brlib import data, diagnostics, experiment, models, plots, results, widgets
-from brlib.layers import BatchRenormalization
-from brlib.recalibration import recalibrate, recalibrated
-from brlib.schedule import RenormSchedule, renorm_layers
+from brlib._startup import import_tensorflow
+
+import_tensorflow()  # first, so that TensorFlow's start-up lines honour TF_CPP_MIN_LOG_LEVEL
+
+from brlib import data, diagnostics, experiment, models, plots, results, widgets  # noqa: E402
+from brlib.layers import BatchRenormalization  # noqa: E402
+from brlib.recalibration import recalibrate, recalibrated  # noqa: E402
+from brlib.schedule import RenormSchedule, renorm_layers  # noqa: E402
 
 __version__ = "0.1.0"
 

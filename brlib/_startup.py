@@ -1,0 +1,47 @@
+"""TensorFlow's import, without the C++ start-up lines that TF_CPP_MIN_LOG_LEVEL does not reach.
+
+TensorFlow prints a few INFO lines (absl's "before InitializeLog" notice,
+oneDNN and CUDA-driver notes, CPU-instruction hints) while it loads, before
+it reads TF_CPP_MIN_LOG_LEVEL. When that variable asks for quiet (>= 1), the
+import's standard error is captured at the file-descriptor level and replayed
+without those lines: anything else TensorFlow prints still shows.
+"""
+
+import os
+import re
+import sys
+import tempfile
+
+STARTUP_LINE = re.compile(
+    r"WARNING: All log messages before absl::InitializeLog\(\) is called are written to STDERR"
+    r"|I\d{4} [\d:. ]+\d+ \S+:\d+\] .*"
+    r"|To enable the following instructions: .* rebuild TensorFlow with the appropriate "
+    r"compiler flags\.")
+
+
+def wants_quiet():
+    try:
+        return int(os.environ.get("TF_CPP_MIN_LOG_LEVEL", "0")) >= 1
+    except ValueError:
+        return False
+
+
+def import_tensorflow():
+    """Imports TensorFlow, dropping its start-up lines when TF_CPP_MIN_LOG_LEVEL >= 1."""
+    if "tensorflow" in sys.modules or not wants_quiet():
+        import tensorflow  # noqa: F401
+        return
+    sys.stderr.flush()
+    with tempfile.TemporaryFile() as capture:
+        saved = os.dup(2)
+        os.dup2(capture.fileno(), 2)
+        try:
+            import tensorflow  # noqa: F401
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            capture.seek(0)
+            kept = [line for line in capture.read().decode(errors="replace").splitlines()
+                    if not STARTUP_LINE.fullmatch(line)]
+            if kept:
+                sys.stderr.write("\n".join(kept) + "\n")
