@@ -2,9 +2,9 @@
 
 TensorFlow prints a few INFO lines (absl's "before InitializeLog" notice,
 oneDNN and CUDA-driver notes, CPU-instruction hints) while it loads, before
-it reads TF_CPP_MIN_LOG_LEVEL. When that variable asks for quiet (>= 1), the
-import's standard error is captured at the file-descriptor level and replayed
-without those lines: anything else TensorFlow prints still shows.
+it reads TF_CPP_MIN_LOG_LEVEL. Unless that variable is set to 0 (show INFO),
+the import's standard error is captured at the file-descriptor level and
+replayed without those lines: anything else TensorFlow prints still shows.
 """
 
 import os
@@ -20,14 +20,15 @@ STARTUP_LINE = re.compile(
 
 
 def wants_quiet():
+    """True unless TF_CPP_MIN_LOG_LEVEL is set to 0, which asks for INFO lines."""
     try:
-        return int(os.environ.get("TF_CPP_MIN_LOG_LEVEL", "0")) >= 1
+        return int(os.environ.get("TF_CPP_MIN_LOG_LEVEL", "1")) >= 1
     except ValueError:
-        return False
+        return True
 
 
 def import_tensorflow():
-    """Imports TensorFlow, dropping its start-up lines when TF_CPP_MIN_LOG_LEVEL >= 1."""
+    """Imports TensorFlow, dropping its start-up lines unless TF_CPP_MIN_LOG_LEVEL is 0."""
     if "tensorflow" in sys.modules or not wants_quiet():
         import tensorflow  # noqa: F401
         return
