@@ -1,8 +1,10 @@
-"""Notebook 02 in a real browser: JupyterLab, headless Chromium, run all cells, move the rmax slider.
+"""The notebooks with widgets in a real browser: JupyterLab, headless Chromium, run all, use a widget.
 
-Skipped when JupyterLab, Playwright or Chromium is missing, unless
-BRLIB_REQUIRE_BROWSER=1 (CI sets it), which turns the skip into a failure.
-Screenshots go to artifacts/browser/ (git-ignored).
+JupyterLab serves a temporary copy of the notebooks, so its autosave never
+rewrites a committed one. A cell that raises fails the test at once, with
+the cell's error. Skipped when JupyterLab, Playwright or Chromium is
+missing, unless BRLIB_REQUIRE_BROWSER=1 (CI sets it), which turns the skip
+into a failure. Screenshots go to artifacts/browser/ (git-ignored).
 """
 
 import os
@@ -43,6 +45,8 @@ def free_port():
 def jupyter_lab(tmp_path):
     require(shutil.which("jupyter") is not None or _has_module("jupyterlab"),
             "jupyterlab is not installed")
+    served = tmp_path / "served"  # <copy>/notebooks, as the notebooks expect their repository
+    shutil.copytree(ROOT / "notebooks", served / "notebooks")
     port, token = free_port(), secrets.token_hex(16)
     settings = tmp_path / "lab-settings"
     # Render every cell (JupyterLab 4 otherwise virtualizes cells out of view) and
@@ -58,7 +62,7 @@ def jupyter_lab(tmp_path):
     server = subprocess.Popen(
         [sys.executable, "-m", "jupyterlab", "--no-browser", f"--ServerApp.port={port}",
          "--ServerApp.ip=127.0.0.1", f"--IdentityProvider.token={token}",
-         f"--ServerApp.root_dir={ROOT}", "--ServerApp.port_retries=0"]
+         f"--ServerApp.root_dir={served}", "--ServerApp.port_retries=0"]
         + (["--allow-root"] if os.geteuid() == 0 else []),
         env=env, stdout=subprocess.DEVNULL, stderr=open(tmp_path / "lab.log", "w"))
     base = f"http://127.0.0.1:{port}"
@@ -83,9 +87,20 @@ def _has_module(name):
     return importlib.util.find_spec(name) is not None
 
 
-def wait_until(condition, seconds=60):
+def cell_error(page):
+    """The text of the first error output on the page, or None."""
+    errors = page.locator(".jp-OutputArea-output[data-mime-type='application/vnd.jupyter.stderr']",
+                          has_text="Error")
+    return errors.first.inner_text() if errors.count() else None
+
+
+def wait_until(page, condition, seconds=60):
+    """Polls `condition`; fails at once if a cell has raised, and after `seconds` otherwise."""
     deadline = time.time() + seconds
     while not condition():
+        error = cell_error(page)
+        if error:
+            raise AssertionError(f"a notebook cell raised:\n{error[-3000:]}")
         if time.time() > deadline:
             raise AssertionError("the page did not change in time")
         time.sleep(0.25)
@@ -96,7 +111,8 @@ def menu(page, top, item):
     page.locator(".lm-Menu-itemLabel", has_text=item).first.click()
 
 
-def test_rmax_slider_changes_clip_fraction_and_plot(jupyter_lab):
+def run_notebook(jupyter_lab, name, exercise):
+    """Opens notebook `name`, clears its outputs, runs every cell, then calls exercise(page)."""
     require(_has_module("playwright"), "playwright is not installed")
     require(Path(CHROMIUM).exists(), "Debian's chromium is not installed")
     from playwright.sync_api import sync_playwright
@@ -106,7 +122,7 @@ def test_rmax_slider_changes_clip_fraction_and_plot(jupyter_lab):
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
         page = browser.new_page(viewport={"width": 1400, "height": 1000})
-        page.goto(f"{base}/lab/tree/notebooks/02_renorm_derivation.ipynb?token={token}")
+        page.goto(f"{base}/lab/tree/notebooks/{name}?token={token}")
         page.wait_for_selector(".jp-Notebook", timeout=60_000)
         page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle']",
                                timeout=120_000)
@@ -114,25 +130,29 @@ def test_rmax_slider_changes_clip_fraction_and_plot(jupyter_lab):
         menu(page, "Edit", "Clear Outputs of All Cells")
         menu(page, "Run", "Run All Cells")
         try:
-            result = exercise_slider(page)
+            return exercise(page)
         except Exception:
-            page.screenshot(path=str(ARTIFACTS / "failure.png"), full_page=True)
+            page.screenshot(path=str(ARTIFACTS / f"failure_{name}.png"), full_page=True)
             raise
         finally:
             browser.close()
-    text_before, text_after = result
+
+
+def test_rmax_slider_changes_clip_fraction_and_plot(jupyter_lab):
+    text_before, text_after = run_notebook(jupyter_lab, "02_renorm_derivation.ipynb",
+                                           exercise_slider)
     assert text_before != text_after
     fraction_before = float(text_before.split("r ")[1].split(" %")[0])
     fraction_after = float(text_after.split("r ")[1].split(" %")[0])
-    assert fraction_after < fraction_before  # rmax 1.5 → 3 clips fewer r
+    assert fraction_after < fraction_before  # a wider rmax clips fewer r
 
 
 def exercise_slider(page):
     """Moves the clip explorer's rmax to 3; returns its label text before and after."""
     label = page.locator(".widget-html", has_text="clipped:").first
-    label.wait_for(timeout=240_000)
-    last_output = page.locator(".jp-OutputArea-output", has_text="inline Algorithm 1 equals")
-    last_output.first.wait_for(timeout=240_000)  # the last cell has run
+    wait_until(page, lambda: label.count() > 0, seconds=240)
+    last_output = page.locator(".jp-OutputArea-output", has_text="gradients equal")
+    wait_until(page, lambda: last_output.count() > 0, seconds=240)  # a late cell has run
     panel = page.locator(".widget-vbox").filter(has=label).first
     image = panel.locator(".widget-output img").first
     image.wait_for(timeout=60_000)
@@ -146,7 +166,32 @@ def exercise_slider(page):
     page.keyboard.type("3.00")
     page.keyboard.press("Enter")
     # The label and the plot are redrawn by the kernel; poll fresh locators for both.
-    wait_until(lambda: label.inner_text() != text_before)
-    wait_until(lambda: image.get_attribute("src") not in (None, plot_before))
+    wait_until(page, lambda: label.inner_text() != text_before)
+    wait_until(page, lambda: image.get_attribute("src") not in (None, plot_before))
     panel.screenshot(path=str(ARTIFACTS / "clip_explorer_after.png"))
     return text_before, label.inner_text()
+
+
+def test_run_button_trains_again_with_the_chosen_microbatch(jupyter_lab):
+    legends = run_notebook(jupyter_lab, "03_microbatch_experiments.ipynb", exercise_form)
+    assert legends[0] != legends[1]
+
+
+def exercise_form(page):
+    """Presses Run with microbatches of 2, then of 32; returns the two plots."""
+    button = page.locator(".widget-button", has_text="Run").last
+    wait_until(page, lambda: button.count() > 0, seconds=300)
+    form = page.locator(".widget-vbox").filter(has=button).first
+    image = form.locator(".widget-output img").first
+    legend = page.locator(".jp-OutputArea-output", has_text="the form's default run")
+    wait_until(page, lambda: legend.count() > 0, seconds=300)  # the cells after the form have run
+    legends = []
+    for microbatch in ("2", "32"):
+        form.locator("select").first.select_option(label=microbatch)
+        before = image.get_attribute("src") if image.count() else None
+        button.click()
+        wait_until(page, lambda: image.count() > 0 and image.get_attribute("src") not in (None, before),
+                   seconds=300)
+        legends.append(image.get_attribute("src"))
+    form.screenshot(path=str(ARTIFACTS / "run_form_after.png"))
+    return legends
