@@ -21,7 +21,7 @@ import numpy as np
 import tensorflow as tf
 
 import brlib.data
-from brlib.layers import BatchRenormalization
+from brlib.layers import BatchRenormalization, check_value
 from brlib.models import seed_convnet
 from brlib.recalibration import recalibrated
 from brlib.results import (ARMS, BASELINE_GROUP, COLUMNS, DEFAULT_ARMS, check_arms,  # noqa: F401
@@ -87,24 +87,24 @@ class Preset:
         positive = ("minibatch_size", "microbatch_size", "steps", "eval_every", "seeds",
                     "recalibration_batches", "final_evaluations")
         for name in positive:
-            _check(name, getattr(self, name), "a positive integer",
+            check_value(name, getattr(self, name), "a positive integer",
                    lambda v: isinstance(v, numbers.Integral) and v > 0)
         for name in ("learning_rate", "alpha"):
-            _check(name, getattr(self, name), "a number in (0, 1]",
+            check_value(name, getattr(self, name), "a number in (0, 1]",
                    lambda v: isinstance(v, numbers.Real) and 0 < v <= 1)
-        _check("lr_floor", self.lr_floor, "a number in [0, 1]",
+        check_value("lr_floor", self.lr_floor, "a number in [0, 1]",
                lambda v: isinstance(v, numbers.Real) and 0 <= v <= 1)
-        _check("dropout", self.dropout, "a number in [0, 1)",
+        check_value("dropout", self.dropout, "a number in [0, 1)",
                lambda v: isinstance(v, numbers.Real) and 0 <= v < 1)
         if (self.lr_decay_start is None) != (self.lr_decay_end is None):
             raise ValueError("`lr_decay_start` and `lr_decay_end` must be both set or both "
                              f"None; got {self.lr_decay_start!r} and {self.lr_decay_end!r}.")
         if self.lr_decay_start is not None:
-            _check("lr_decay_start", self.lr_decay_start, "an integer >= 0",
+            check_value("lr_decay_start", self.lr_decay_start, "an integer >= 0",
                    lambda v: isinstance(v, numbers.Integral) and v >= 0)
-            _check("lr_decay_end", self.lr_decay_end, f"an integer > lr_decay_start",
+            check_value("lr_decay_end", self.lr_decay_end, f"an integer > lr_decay_start",
                    lambda v: isinstance(v, numbers.Integral) and v > self.lr_decay_start)
-        _check("widths", self.widths, "three positive integers",
+        check_value("widths", self.widths, "three positive integers",
                lambda v: len(v) == 3 and all(isinstance(w, numbers.Integral)
                                              and not isinstance(w, bool) and w > 0 for w in v))
         for group in (self.microbatch_size, BASELINE_GROUP):
@@ -123,11 +123,6 @@ class Preset:
                              f"got optimizer={self.optimizer!r}.")
         self.schedule()  # checks the schedule's own arguments
         return self
-
-
-def _check(name, value, allowed, is_ok):
-    if isinstance(value, bool) or value is None or not is_ok(value):
-        raise ValueError(f"`{name}` must be {allowed}; got {name}={value!r}.")
 
 
 OPTIMIZERS = {"adam": keras.optimizers.Adam, "rmsprop": keras.optimizers.RMSprop,
@@ -178,7 +173,7 @@ def get_preset(name, **overrides):
 
 
 def group_size(arm, preset):
-    """Examples normalized together in `arm`: its own group (32 for the baseline), else the microbatch."""
+    """Examples normalized together in `arm`: its own group (the baseline's 32), else the microbatch."""
     return ARMS[arm].group or preset.microbatch_size
 
 
@@ -308,8 +303,7 @@ class Run:
             self._epoch = (epoch, epoch_order(self.seed, epoch, len(self.x_train)))
         order = self._epoch[1][index * size:(index + 1) * size]
         if self.schedule is not None and self.schedule(step) != self._bounds:
-            self._bounds = self.schedule(step)  # assigned only when they change
-            self.schedule.apply(self.model, step)
+            self._bounds = self.schedule.apply(self.model, step)  # assigned only when they change
         self._train(*self._distribute(self.x_train[order], self.y_train[order]))
 
     def evaluate(self, batch_size=1000):
@@ -413,7 +407,7 @@ def reproduce(preset, arms=DEFAULT_ARMS, seeds=None, results_dir="data/results",
     """Runs every (arm, seed) of a preset that has no CSV yet; returns the CSV paths."""
     arms = check_arms(arms)
     seeds = preset.seeds if seeds is None else seeds
-    _check("seeds", seeds, "a positive integer",
+    check_value("seeds", seeds, "a positive integer",
            lambda v: isinstance(v, numbers.Integral) and v > 0)
     check_settings(Path(results_dir) / preset.name, preset.settings())  # before any work
     dataset = brlib.data.load(preset.dataset, data_dir=data_dir)  # fails before training

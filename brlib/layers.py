@@ -6,9 +6,18 @@ import keras
 from keras import ops
 
 
-def _check_number(name, value, allowed, is_ok):
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not is_ok(value):
+def check_value(name, value, allowed, is_ok):
+    """Raises a ValueError naming `name` and what is `allowed`, unless `is_ok(value)`.
+
+    The one validation helper of brlib's settings: booleans and None never
+    pass, so `True` cannot stand in for 1.
+    """
+    if isinstance(value, bool) or value is None or not is_ok(value):
         raise ValueError(f"`{name}` must be {allowed}; got {name}={value!r}.")
+
+
+def _check_number(name, value, allowed, is_ok):
+    check_value(name, value, allowed, lambda v: isinstance(v, numbers.Real) and is_ok(v))
 
 
 def check_rmax(rmax):
@@ -39,8 +48,7 @@ def _check_microbatch_size(microbatch_size):
 def clip_corrections(r, d, rmax, dmax):
     """Clips renorm's corrections; the one place where their clipping is computed.
 
-    Pure arithmetic in `keras.ops`, shared by the layer, the widgets and the
-    notebooks' checks.
+    Pure arithmetic in `keras.ops`, shared by the layer and the widgets.
 
     Args:
         r: Unclipped r = σ_B / σ, any shape.

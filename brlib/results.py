@@ -235,13 +235,6 @@ def paired_difference(results, arm, reference, column="val_accuracy", last=1):
     return Difference(arm, reference, column, len(common), mean, sd, low, high)
 
 
-def differences(results, reference="batchnorm", last=1):
-    """Every other arm minus `reference`, on moving-average and recalibrated accuracy."""
-    return [paired_difference(results, arm, reference, column, last)
-            for column in ("val_accuracy", "val_accuracy_recalibrated")
-            for arm in results if arm != reference and reference in results]
-
-
 def steady_state(curves, column="val_accuracy"):
     """How far the seed mean moves over the last quarter, against the seed sd at the end.
 

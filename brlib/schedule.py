@@ -75,11 +75,12 @@ class RenormSchedule(keras.callbacks.Callback):
         return rmax, dmax
 
     def apply(self, model, step):
-        """Sets rmax and dmax of every BatchRenormalization layer in `model`."""
+        """Sets rmax and dmax of every BatchRenormalization layer in `model`; returns them."""
         rmax, dmax = self(step)
         for layer in renorm_layers(model):
             layer.rmax.assign(rmax)
             layer.dmax.assign(dmax)
+        return rmax, dmax
 
     def on_train_batch_begin(self, batch, logs=None):
         step = int(keras.ops.convert_to_numpy(self.model.optimizer.iterations))

@@ -8,7 +8,7 @@ ipywidgets containers and work with ipywidgets 7.7 (Colab) and 8.
 import keras
 import numpy as np
 
-from brlib.layers import BatchRenormalization, clip_corrections
+from brlib.layers import BatchRenormalization, check_value, clip_corrections
 from brlib.schedule import RenormSchedule
 
 REPOSITORY = "brlib-team/brlib"  # GitHub owner/name used by the Colab badges
@@ -22,6 +22,17 @@ def colab_url(notebook):
 # ---------------------------------------------------------------------------
 # Pure functions
 # ---------------------------------------------------------------------------
+def _check_group_size(microbatch_size):
+    check_value("microbatch_size", microbatch_size,
+                "an integer >= 2 (one example has σ_B = √ε)",
+                lambda m: isinstance(m, (int, np.integer)) and m >= 2)
+
+
+def _moments(groups, axes, epsilon):
+    """µ_B and σ_B = sqrt(var + ε) of each group, reducing `axes`."""
+    return groups.mean(axis=axes), np.sqrt(groups.var(axis=axes) + epsilon)
+
+
 def corrections_from_features(features, microbatch_size, microbatches=2000, seed=0,
                               epsilon=1e-3, mu=None, sigma=None):
     """Unclipped r and d of random microbatches of real features, per (microbatch, channel).
@@ -46,16 +57,12 @@ def corrections_from_features(features, microbatch_size, microbatches=2000, seed
     Returns:
         (r, d), two arrays of shape (microbatches, channels).
     """
-    if isinstance(microbatch_size, bool) or not isinstance(microbatch_size, (int, np.integer)) \
-            or microbatch_size < 2:
-        raise ValueError(f"`microbatch_size` must be an integer >= 2; got {microbatch_size!r}.")
+    _check_group_size(microbatch_size)
     features = np.asarray(features, dtype=np.float64)
     axes = tuple(range(features.ndim - 1))
     picks = np.random.default_rng(seed).integers(0, len(features), (microbatches, microbatch_size))
     groups = features[picks]                      # (microbatches, m, ..., channels)
-    group_axes = tuple(range(1, groups.ndim - 1))
-    mean_b = groups.mean(axis=group_axes)
-    sigma_b = np.sqrt(groups.var(axis=group_axes) + epsilon)
+    mean_b, sigma_b = _moments(groups, tuple(range(1, groups.ndim - 1)), epsilon)
     mu = features.mean(axis=axes) if mu is None else np.asarray(mu, np.float64)
     sigma = sigma_b.mean(axis=0) if sigma is None else np.asarray(sigma, np.float64)
     return sigma_b / sigma, (mean_b - mu) / sigma  # r = σ_B/σ, d = (µ_B − µ)/σ
@@ -74,9 +81,7 @@ def partner_outputs(features, microbatch_size, example=0, channel=0, partners=50
     Returns:
         (training-mode outputs, one per draw; the inference-mode output).
     """
-    if isinstance(microbatch_size, bool) or not isinstance(microbatch_size, (int, np.integer)) \
-            or microbatch_size < 2:
-        raise ValueError(f"`microbatch_size` must be an integer >= 2; got {microbatch_size!r}.")
+    _check_group_size(microbatch_size)
     features = np.asarray(features, dtype=np.float64)[..., channel]
     centre = tuple(size // 2 for size in features.shape[1:])
     value = features[(example,) + centre]
@@ -87,10 +92,10 @@ def partner_outputs(features, microbatch_size, example=0, channel=0, partners=50
     groups = np.concatenate([np.broadcast_to(features[example], (partners, 1) + features.shape[1:]),
                              features[picks]], axis=1)
     axes = tuple(range(1, groups.ndim))
-    train = (value - groups.mean(axis=axes)) / np.sqrt(groups.var(axis=axes) + epsilon)
+    mean_b, sigma_b = _moments(groups, axes, epsilon)
     random_groups = features[rng.integers(0, len(features), (partners, microbatch_size))]
-    sigma = np.sqrt(random_groups.var(axis=axes) + epsilon).mean()  # E[σ_B]
-    return train, (value - features.mean()) / sigma
+    sigma = _moments(random_groups, axes, epsilon)[1].mean()  # E[σ_B]
+    return (value - mean_b) / sigma_b, (value - features.mean()) / sigma
 
 
 def partners_figure(outputs, inference):
