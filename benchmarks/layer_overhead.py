@@ -12,11 +12,10 @@ import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+import brlib as br  # noqa: E402  first: it imports TensorFlow without the C++ start-up lines
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
-
-import brlib as br  # noqa: E402
 
 ARMS = {
     "keras BatchNormalization": lambda name: keras.layers.BatchNormalization(name=name),

@@ -1,6 +1,7 @@
 """The batch renormalization layer, over whole batches or contiguous microbatches."""
 
 import numbers
+from typing import NamedTuple
 
 import keras
 from keras import ops
@@ -48,8 +49,6 @@ def _check_microbatch_size(microbatch_size):
 def clip_corrections(r, d, rmax, dmax):
     """Clips renorm's corrections; the one place where their clipping is computed.
 
-    Pure arithmetic in `keras.ops`, shared by the layer and the widgets.
-
     Args:
         r: Unclipped r = σ_B / σ, any shape.
         d: Unclipped d = (µ_B − µ) / σ, the same shape.
@@ -68,6 +67,56 @@ def clip_corrections(r, d, rmax, dmax):
     r = ops.clip(r, 1.0 / rmax, rmax)  # r = clip(σ_B/σ, 1/rmax, rmax)
     d = ops.clip(d, -dmax, dmax)  # d = clip((µ_B − µ)/σ, −dmax, dmax)
     return r, d, r_clipped, d_clipped
+
+
+class Renormalized(NamedTuple):
+    """What `batch_renorm` computes for one training step."""
+
+    outputs: object  # y = γ((x − µ_B)/σ_B · r + d) + β, or None when no x was given
+    r: object  # clipped r, a constant for the gradient
+    d: object  # clipped d, a constant for the gradient
+    r_clipped: object  # where σ_B/σ fell outside [1/rmax, rmax]
+    d_clipped: object  # where (µ_B − µ)/σ fell outside [−dmax, dmax]
+
+
+def batch_renorm(x, mean_b, sigma_b, mean, stddev, rmax, dmax, gamma=1.0, beta=0.0):
+    """Algorithm 1's training-mode arithmetic, from the statistics to the output.
+
+    The pure core of `BatchRenormalization`: the layer computes the statistics
+    and keeps the moving averages; this function turns them into r, d, the
+    clip masks and the output. The widgets and the notebooks' checks call it
+    too, so the arithmetic exists once. Written in `keras.ops`; NumPy arrays
+    are accepted.
+
+    Args:
+        x: Inputs grouped by microbatch, or None to compute only r, d and the
+            masks. Every other argument must broadcast against it.
+        mean_b: µ_B of each microbatch and channel.
+        sigma_b: σ_B = sqrt(var_B + ε) of each microbatch and channel.
+        mean: The moving mean µ.
+        stddev: The moving standard deviation σ.
+        rmax: Clip bound for r, >= 1.
+        dmax: Clip bound for d, >= 0.
+        gamma: The learned scale γ.
+        beta: The learned offset β.
+
+    Returns:
+        A `Renormalized` (outputs, r, d, r_clipped, d_clipped).
+
+    Reference:
+        Sergey Ioffe, "Batch Renormalization", arXiv:1702.03275, Algorithm 1.
+    """
+    r = ops.stop_gradient(sigma_b / stddev)  # r and d are constants for the gradient
+    d = ops.stop_gradient((mean_b - mean) / stddev)
+    r, d, r_clipped, d_clipped = clip_corrections(r, d, rmax, dmax)
+    outputs = None
+    if x is not None:
+        # γ((x − µ_B)/σ_B · r + d) + β folds into one scale and one shift per
+        # (microbatch, channel), so the activations are touched in one pass.
+        x_scale = gamma * r / sigma_b
+        x_shift = beta + gamma * d - mean_b * x_scale
+        outputs = x * x_scale + x_shift
+    return Renormalized(outputs, r, d, r_clipped, d_clipped)
 
 
 @keras.saving.register_keras_serializable(package="brlib")
@@ -277,19 +326,12 @@ class BatchRenormalization(keras.layers.Layer):
 
         mean_b, var_b = ops.moments(x, axes=self._grouped_reduction_axes, keepdims=True)
         sigma_b = ops.sqrt(var_b + self.epsilon)  # σ_B = sqrt(var + ε)
-        r_free = ops.stop_gradient(sigma_b / sigma)  # r and d are constants for the gradient
-        d_free = ops.stop_gradient((mean_b - mu) / sigma)
-        r, d, r_clipped, d_clipped = clip_corrections(r_free, d_free, rmax, dmax)
-        # γ((x − µ_B)/σ_B · r + d) + β folds into one scale and one shift per
-        # (microbatch, channel), so the activations are touched in one pass.
-        x_scale = gamma * r / sigma_b
-        x_shift = beta + gamma * d - mean_b * x_scale
-        outputs = x * x_scale + x_shift
+        step = batch_renorm(x, mean_b, sigma_b, mu, sigma, rmax, dmax, gamma, beta)
 
         self._update_moving_statistics(mean_b, sigma_b)
-        self.fraction_r_clipped.assign(ops.mean(ops.cast(r_clipped, "float32")))
-        self.fraction_d_clipped.assign(ops.mean(ops.cast(d_clipped, "float32")))
-        return outputs
+        self.fraction_r_clipped.assign(ops.mean(ops.cast(step.r_clipped, "float32")))
+        self.fraction_d_clipped.assign(ops.mean(ops.cast(step.d_clipped, "float32")))
+        return step.outputs
 
     def _infer(self, x):
         dtype = x.dtype

@@ -8,7 +8,7 @@ ipywidgets containers and work with ipywidgets 7.7 (Colab) and 8.
 import keras
 import numpy as np
 
-from brlib.layers import BatchRenormalization, check_value, clip_corrections
+from brlib.layers import BatchRenormalization, batch_renorm, check_value, clip_corrections
 from brlib.schedule import RenormSchedule
 
 REPOSITORY = "brlib-team/brlib"  # GitHub owner/name used by the Colab badges
@@ -65,7 +65,9 @@ def corrections_from_features(features, microbatch_size, microbatches=2000, seed
     mean_b, sigma_b = _moments(groups, tuple(range(1, groups.ndim - 1)), epsilon)
     mu = features.mean(axis=axes) if mu is None else np.asarray(mu, np.float64)
     sigma = sigma_b.mean(axis=0) if sigma is None else np.asarray(sigma, np.float64)
-    return sigma_b / sigma, (mean_b - mu) / sigma  # r = σ_B/σ, d = (µ_B − µ)/σ
+    # Unclipped: the bounds at infinity leave r = σ_B/σ and d = (µ_B − µ)/σ as they are.
+    step = batch_renorm(None, mean_b, sigma_b, mu, sigma, rmax=np.inf, dmax=np.inf)
+    return keras.ops.convert_to_numpy(step.r), keras.ops.convert_to_numpy(step.d)
 
 
 def partner_outputs(features, microbatch_size, example=0, channel=0, partners=500, seed=0,

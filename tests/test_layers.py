@@ -448,3 +448,40 @@ def test_clip_corrections_against_the_bounds_written_out():
     # A value exactly on a bound is not clipped: it passes through unchanged.
     np.testing.assert_array_equal(r_mask, [True, False, False, False, False, False, True])
     np.testing.assert_array_equal(d_mask, [True, False, False, False, False, False, True])
+
+
+def test_batch_renorm_core_matches_numpy_algorithm_1():
+    from brlib.layers import batch_renorm
+
+    shape = (12, 3)
+    ref = NumpyRenorm(3, momentum=0.9, rmax=1.4, dmax=0.3, microbatch_size=4,
+                      gamma=np.array([0.5, 1.0, 2.0]), beta=np.array([0.1, -0.2, 0.3]))
+    ref.mu, ref.sigma = np.array([0.5, -1.0, 0.0]), np.array([1.5, 0.7, 2.0])
+    mu, sigma = ref.mu, ref.sigma
+    x = next(shifting_batches(shape, steps=1, seed=3)).astype(np.float64)
+    groups = x.reshape(3, 4, 3)
+    mean_b = groups.mean(axis=1, keepdims=True)
+    sigma_b = np.sqrt(groups.var(axis=1, keepdims=True) + EPS)
+
+    step = batch_renorm(groups, mean_b, sigma_b, mu, sigma, 1.4, 0.3, ref.gamma, ref.beta)
+    expected = ref.train_step(x)
+    np.testing.assert_allclose(np.reshape(step.outputs, shape), expected, rtol=1e-12)
+    np.testing.assert_array_equal(np.reshape(step.r_clipped, (3, 3)), np.stack(ref.clipped_r))
+    np.testing.assert_array_equal(np.reshape(step.d_clipped, (3, 3)), np.stack(ref.clipped_d))
+    assert 0 < np.mean(ref.clipped_r) < 1 and 0 < np.mean(ref.clipped_d) < 1
+    # Without x, the same r, d and masks, and no output.
+    alone = batch_renorm(None, mean_b, sigma_b, mu, sigma, 1.4, 0.3)
+    assert alone.outputs is None
+    np.testing.assert_array_equal(alone.r, step.r)
+    np.testing.assert_array_equal(alone.d, step.d)
+
+
+def test_batch_renorm_core_treats_r_and_d_as_constants():
+    from brlib.layers import batch_renorm
+
+    mean_b, sigma_b = tf.constant([0.3, -0.2]), tf.constant([1.2, 0.8])
+    with tf.GradientTape(persistent=True) as tape:
+        tape.watch([mean_b, sigma_b])
+        step = batch_renorm(None, mean_b, sigma_b, 0.0, 1.0, 10.0, 10.0)
+        total = tf.reduce_sum(step.r) + tf.reduce_sum(step.d)
+    assert tape.gradient(total, mean_b) is None and tape.gradient(total, sigma_b) is None
