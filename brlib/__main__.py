@@ -4,7 +4,7 @@ import argparse
 import os
 import sys
 
-from brlib.results import ARMS, DEFAULT_ARMS
+from brlib.results import ARMS, DEFAULT_ARMS, NONIID_ARMS, default_arms
 
 
 def _parser():
@@ -14,13 +14,15 @@ def _parser():
     run.add_argument("--preset", required=True)
     run.add_argument("--seeds", type=int, help="number of seeds (default: the preset's)")
     run.add_argument("--arms", nargs="+",
-                     help=f"default: {' '.join(DEFAULT_ARMS)}; all: {' '.join(ARMS)}")
+                     help=f"default: {' '.join(DEFAULT_ARMS)} (noniid presets: "
+                          f"{' '.join(NONIID_ARMS)}); all: {' '.join(ARMS)}")
     run.add_argument("--steps", type=int, help="override the preset's training steps")
     run.add_argument("--eval-every", type=int, help="override the evaluation interval")
     run.add_argument("--results-dir", default="data/results")
     run.add_argument("--data-dir", help="directory with the dataset's files")
     figure = commands.add_parser(
-        "figure", help="print the paired differences and draw figures/figure2_<preset>.png and .svg")
+        "figure", help="print the paired differences and draw figures/figure2_<preset>.png and "
+        ".svg (figure3_<preset> for the noniid presets)")
     figure.add_argument("--preset", required=True)
     figure.add_argument("--arms", nargs="+", help=f"arms to draw (the table lists every arm "
                         f"with results); default: {' '.join(DEFAULT_ARMS)}")
@@ -33,7 +35,7 @@ def reproduce(args):
     from brlib import experiment
 
     preset = experiment.get_preset(args.preset, steps=args.steps, eval_every=args.eval_every)
-    paths = experiment.reproduce(preset, args.arms or DEFAULT_ARMS, args.seeds,
+    paths = experiment.reproduce(preset, args.arms or default_arms(preset.sampling), args.seeds,
                                  args.results_dir, args.data_dir)
     print(f"\n{len(paths)} result files in {os.path.join(args.results_dir, preset.name)}")
 
@@ -44,9 +46,10 @@ def figure(args):
     matplotlib.use("Agg")
     from brlib import plots, results
 
-    drawn = results.check_arms(args.arms) if args.arms else DEFAULT_ARMS
     loaded = results.load_results(args.results_dir, args.preset)  # the table has every arm
     settings = results.load_settings(args.results_dir, args.preset) or {}
+    pairs = settings.get("sampling") == "pairs"
+    drawn = results.check_arms(args.arms) if args.arms else default_arms(settings.get("sampling"))
     last = settings.get("final_evaluations", 1)
     print(f"Preset '{args.preset}': final accuracy = mean of the last {last} evaluation(s) per "
           "seed; differences are paired by seed, with 95 % t-intervals, in points.\n")
@@ -54,8 +57,13 @@ def figure(args):
     shown = {arm: curves for arm, curves in loaded.items() if arm in drawn}
     if not shown:
         raise FileNotFoundError(f"no results of the arms {list(drawn)} to draw")
-    fig = plots.figure2(shown, f"Microbatch experiment, preset '{args.preset}'", last)
-    for path in plots.save_figure(fig, f"figure2_{args.preset}", args.figures_dir):
+    if pairs:
+        print("\n" + results.format_noniid_table(loaded, last))
+        fig = plots.figure3(shown, f"Non-i.i.d. pairs, preset '{args.preset}'", last)
+    else:
+        fig = plots.figure2(shown, f"Microbatch experiment, preset '{args.preset}'", last)
+    name = f"figure{3 if pairs else 2}_{args.preset}"
+    for path in plots.save_figure(fig, name, args.figures_dir):
         print(path)
 
 

@@ -1,8 +1,9 @@
-"""The microbatch experiment of the paper's Figure 2: presets, arms, and a resumable runner.
+"""The experiments of the paper's Figures 2 and 3: presets, arms, and a resumable runner.
 
-Every training step draws a minibatch from a shuffle that changes every
-epoch; the gradient is taken over the whole minibatch, while normalization
-runs over contiguous microbatches of it. Every `eval_every` steps the
+Every training step draws a minibatch, from a shuffle that changes every
+epoch (Figure 2) or as groups of pairs of one label each (Figure 3, see
+`brlib.sampling`); the gradient is taken over the whole minibatch, while
+normalization runs over contiguous microbatches of it. Every `eval_every` steps the
 inference model is scored twice on the test split: with its moving averages,
 and recalibrated (µ and σ recomputed with the weights frozen, see
 `brlib.recalibrate`). Each (preset, arm, seed) writes one CSV, atomically,
@@ -22,10 +23,14 @@ import tensorflow as tf
 
 import brlib.data
 from brlib.layers import BatchRenormalization, check_value
+from brlib import recalibration
 from brlib.models import seed_convnet
 from brlib.recalibration import recalibrated
 from brlib.results import (ARMS, BASELINE_GROUP, COLUMNS, DEFAULT_ARMS, check_arms,  # noqa: F401
-                           check_settings, read_csv, result_path, rows_to_csv, write_atomic)
+                           check_settings, default_arms, read_csv, result_path, rows_to_csv,
+                           write_atomic)
+from brlib.sampling import (WORKER, epoch_order, indices_by_class, paired_batches,
+                            paired_minibatch)
 from brlib.schedule import RenormSchedule, renorm_layers
 
 
@@ -38,6 +43,8 @@ class Preset:
     `lr_decay_end`, staying there. At every evaluation the recalibrated model
     uses `recalibration_batches` fixed training minibatches; the final
     accuracy of a run is the mean of its last `final_evaluations` evaluations.
+    `sampling` is "iid" (shuffled epochs) or "pairs" (the paper's Figure 3:
+    groups of 32 made of 16 pairs of one label each, see `brlib.sampling`).
     """
 
     name: str
@@ -62,6 +69,7 @@ class Preset:
     lr_floor: float = 0.01
     recalibration_batches: int = 10
     final_evaluations: int = 1
+    sampling: str = "iid"
 
     def schedule(self, ramp=True):
         """The rmax/dmax schedule; without `ramp`, the final values from step 0."""
@@ -118,6 +126,12 @@ class Preset:
         if self.dataset not in brlib.data.LOADERS:
             raise ValueError(f"`dataset` must be one of {sorted(brlib.data.LOADERS)}; "
                              f"got dataset={self.dataset!r}.")
+        if self.sampling not in SAMPLINGS:
+            raise ValueError(f"`sampling` must be one of {list(SAMPLINGS)}; "
+                             f"got sampling={self.sampling!r}.")
+        if self.sampling == "pairs" and self.minibatch_size % WORKER:
+            raise ValueError(f"`minibatch_size`={self.minibatch_size} must be a multiple of "
+                             f"{WORKER}, the size of a group of pairs.")
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"`optimizer` must be one of {sorted(OPTIMIZERS)}; "
                              f"got optimizer={self.optimizer!r}.")
@@ -125,6 +139,7 @@ class Preset:
         return self
 
 
+SAMPLINGS = ("iid", "pairs")
 OPTIMIZERS = {"adam": keras.optimizers.Adam, "rmsprop": keras.optimizers.RMSprop,
               "sgd": keras.optimizers.SGD}
 
@@ -158,7 +173,20 @@ QUICK = Preset(name="quick", dataset="fashion_mnist", minibatch_size=128, microb
 CPU = dataclasses.replace(QUICK, name="cpu", steps=20 * TAU, widths=(16, 32, 64),
                           rmax_steps=10 * TAU, dmax_steps=6 * TAU, lr_decay_start=8 * TAU,
                           lr_decay_end=15 * TAU, seeds=10, final_evaluations=5)
-PRESETS = {preset.name: preset for preset in (SEED, PAPER, SEED_FMNIST, QUICK, CPU)}
+# Figure 3: every group of 32 (one of the paper's workers) holds 16 pairs of one label
+# each, and batch norm normalizes the whole group, so the microbatch is 32. Three
+# groups per step keep the quick preset within 10 minutes for four arms × 5 seeds.
+# Its seeds agree more closely than Figure 2's, so the learning rate reaches its floor
+# earlier (at 7/12 and 12/20 of the run), to leave the moving averages a few time
+# constants at the floor before the last quarter is read.
+NONIID_QUICK = dataclasses.replace(QUICK, name="noniid_quick", minibatch_size=3 * WORKER,
+                                   microbatch_size=WORKER, sampling="pairs",
+                                   lr_decay_start=4 * TAU, lr_decay_end=7 * TAU)
+NONIID = dataclasses.replace(NONIID_QUICK, name="noniid", steps=20 * TAU, rmax_steps=10 * TAU,
+                             dmax_steps=6 * TAU, lr_decay_start=6 * TAU, lr_decay_end=12 * TAU,
+                             seeds=10, final_evaluations=5)
+PRESETS = {preset.name: preset for preset in (SEED, PAPER, SEED_FMNIST, QUICK, CPU,
+                                              NONIID_QUICK, NONIID)}
 
 
 def get_preset(name, **overrides):
@@ -177,12 +205,21 @@ def group_size(arm, preset):
     return ARMS[arm].group or preset.microbatch_size
 
 
-def normalization_for(arm, preset):
-    """A factory of the arm's normalization layer.
+def group_norm_groups(channels, most=8):
+    """Groups of GroupNormalization over `channels`: the largest divisor of it up to `most`."""
+    return max(g for g in range(1, most + 1) if channels % g == 0)
 
-    Every arm starts as batch norm (rmax = 1, dmax = 0); only the renorm
-    arms' bounds are then opened by their RenormSchedule.
+
+def normalization_for(arm, preset, channels=None):
+    """A factory of the arm's normalization layer, called with the layer's name.
+
+    Every brlib arm starts as batch norm (rmax = 1, dmax = 0); only the
+    renorm arms' bounds are then opened by their RenormSchedule. The
+    GroupNorm arm needs `channels`, {layer name: channels}, to pick its groups.
     """
+    if ARMS[arm].layer == "groupnorm":
+        return lambda name=None: keras.layers.GroupNormalization(
+            groups=group_norm_groups(channels[name]), name=name)
     group = group_size(arm, preset)
     momentum = 1.0 - (ARMS[arm].alpha or preset.alpha)  # α = 1 − momentum
     return lambda name=None: BatchRenormalization(rmax=1.0, dmax=0.0, microbatch_size=group,
@@ -190,18 +227,19 @@ def normalization_for(arm, preset):
 
 
 def build_model(arm, preset, input_shape, classes):
-    return seed_convnet(input_shape, classes, normalization_for(arm, preset),
+    channels = dict(zip(("norm1", "norm2", "norm3", "norm4"), (*preset.widths, classes)))
+    return seed_convnet(input_shape, classes, normalization_for(arm, preset, channels),
                         dropout=preset.dropout, widths=preset.widths)
+
+
+def sampling_for(arm, preset):
+    """How `arm` draws its minibatches in `preset`: "iid" or "pairs"."""
+    return ARMS[arm].sampling or preset.sampling
 
 
 # ---------------------------------------------------------------------------
 # One run
 # ---------------------------------------------------------------------------
-def epoch_order(seed, epoch, size):
-    """The shuffle of one epoch, a function of (seed, epoch) alone so that resuming repeats it."""
-    return np.random.default_rng([seed, epoch]).permutation(size)
-
-
 class Run:
     """Trains one (preset, arm, seed) and evaluates the inference model every k steps."""
 
@@ -222,8 +260,11 @@ class Run:
             self.optimizer = OPTIMIZERS[preset.optimizer](preset.learning_rate_schedule(),
                                                           name="optimizer")
             self.optimizer.build(self.model.trainable_variables)
-            self.sums = tf.Variable(tf.zeros(4), trainable=False)  # loss, r, d, count
+            # Since the last evaluation: loss, r clipped, d clipped, steps, correct predictions.
+            self.sums = tf.Variable(tf.zeros(5), trainable=False)
         self.layers = renorm_layers(self.model)
+        self.pairs = sampling_for(arm, preset) == "pairs"
+        self._by_class = indices_by_class(self.y_train) if self.pairs else None
         self.loss_fn = keras.losses.SparseCategoricalCrossentropy(
             from_logits=True, reduction="sum")
         self.schedule = preset.schedule(ARMS[arm].ramp) if ARMS[arm].renorm else None
@@ -231,6 +272,9 @@ class Run:
         self._epoch, self._bounds = (None, None), None
         self._train = tf.function(self._distributed_step)
         self._predict = tf.function(lambda x: self.model(x, training=False))
+        # Training mode on test groups; the layers' state is put back after each evaluation.
+        self._forward_batch_statistics = tf.function(lambda x: self.model(x, training=True))
+        self.test_pairs = self._test_pairs() if preset.sampling == "pairs" else None
         # Traced inside `recalibrate` only, where the layers' update rate is 1.
         self._forward = tf.function(lambda x: self.model(x, training=True))
 
@@ -255,8 +299,12 @@ class Run:
         return tf.train.Checkpoint(model=model, optimizer=optimizer, sums=self.sums)
 
     def _calibration_batches(self):
-        """K training minibatches, fixed for the whole run, for recalibrated evaluation."""
+        """K training minibatches, fixed for the whole run, drawn as the arm trains."""
         size, count = self.preset.minibatch_size, self.preset.recalibration_batches
+        if self.pairs:
+            groups = paired_batches(self._by_class, self.seed, count * size // WORKER,
+                                    purpose="calibration")
+            return [self.x_train[g.ravel()] for g in np.split(groups, count)]
         order = np.random.default_rng([self.seed, 7]).permutation(len(self.x_train))
         count = min(count, len(order) // size)
         return [self.x_train[order[i * size:(i + 1) * size]] for i in range(count)]
@@ -268,18 +316,22 @@ class Run:
             loss = self.loss_fn(labels, logits) / self.preset.minibatch_size
         gradients = tape.gradient(loss, self.model.trainable_variables)
         self.optimizer.apply_gradients(zip(gradients, self.model.trainable_variables))
-        r = tf.reduce_mean([tf.convert_to_tensor(l.fraction_r_clipped) for l in self.layers])
-        d = tf.reduce_mean([tf.convert_to_tensor(l.fraction_d_clipped) for l in self.layers])
-        return loss, r, d
+        r, d = (tf.reduce_mean([tf.convert_to_tensor(getattr(l, name)) for l in self.layers])
+                if self.layers else tf.constant(0.0)
+                for name in ("fraction_r_clipped", "fraction_d_clipped"))
+        predicted = tf.argmax(logits, axis=-1, output_type=tf.int64)
+        correct = tf.reduce_sum(tf.cast(tf.equal(predicted, tf.cast(labels, tf.int64)), tf.float32))
+        return loss, r, d, correct
 
     def _distributed_step(self, images, labels):
-        loss, r, d = self.strategy.run(self._replica_step, args=(images, labels))
+        loss, r, d, correct = self.strategy.run(self._replica_step, args=(images, labels))
         reduce = self.strategy.reduce
         replicas = self.strategy.num_replicas_in_sync
         loss = reduce(tf.distribute.ReduceOp.SUM, loss, axis=None)
         r = reduce(tf.distribute.ReduceOp.SUM, r, axis=None) / replicas
         d = reduce(tf.distribute.ReduceOp.SUM, d, axis=None) / replicas
-        self.sums.assign_add(tf.stack([loss, r, d, 1.0]))
+        correct = reduce(tf.distribute.ReduceOp.SUM, correct, axis=None)
+        self.sums.assign_add(tf.stack([loss, r, d, 1.0, correct]))
 
     def _distribute(self, images, labels):
         """Splits a minibatch into contiguous per-replica slices, one per worker."""
@@ -295,13 +347,19 @@ class Run:
 
         return piece(images), piece(labels)
 
-    def train_step(self, step):
+    def minibatch(self, step):
+        """Indices of the training examples of `step`, a function of (seed, step) alone."""
         size = self.preset.minibatch_size
+        if self.pairs:
+            return paired_minibatch(self._by_class, self.seed, step, size)
         per_epoch = len(self.x_train) // size
         epoch, index = divmod(step, per_epoch)
         if self._epoch[0] != epoch:  # one shuffle per epoch, not per step
             self._epoch = (epoch, epoch_order(self.seed, epoch, len(self.x_train)))
-        order = self._epoch[1][index * size:(index + 1) * size]
+        return self._epoch[1][index * size:(index + 1) * size]
+
+    def train_step(self, step):
+        order = self.minibatch(step)
         if self.schedule is not None and self.schedule(step) != self._bounds:
             self._bounds = self.schedule.apply(self.model, step)  # assigned only when they change
         self._train(*self._distribute(self.x_train[order], self.y_train[order]))
@@ -319,19 +377,46 @@ class Run:
 
     def evaluate_recalibrated(self):
         """`evaluate` with µ and σ recalibrated on the fixed minibatches; the run is untouched."""
+        if not self.layers:  # nothing to recalibrate (GroupNorm)
+            return self.evaluate()
         with recalibrated(self.model, self.calibration_batches, self._forward):
             return self.evaluate()
 
+    def _test_pairs(self):
+        """Test groups built as the training groups are (16 pairs of one label), fixed per run."""
+        return paired_batches(indices_by_class(self.y_test), self.seed, len(self.x_test) // WORKER)
+
+    def evaluate_minibatch_statistics(self, groups_per_call=32):
+        """Accuracy with each paired test group normalized by its own statistics.
+
+        The paper's first batch-norm control for Figure 3: the trained model in
+        training mode, on test batches built like the training groups. The
+        layers' state (moving statistics, diagnostics) is put back afterwards.
+        """
+        before = recalibration.snapshot(self.layers)
+        correct = 0
+        groups = self.test_pairs
+        for start in range(0, len(groups), groups_per_call):
+            picks = groups[start:start + groups_per_call].ravel()
+            logits = self._forward_batch_statistics(self.x_test[picks])
+            correct += int(np.sum(np.argmax(logits, axis=-1) == self.y_test[picks]))
+        recalibration.restore_layers(self.layers, before)
+        return correct / groups.size
+
     def row(self, step, wall_seconds):
-        loss, r, d, count = (float(v) for v in self.sums.numpy())
-        self.sums.assign(np.zeros(4, np.float32))
+        loss, r, d, count, correct = (float(v) for v in self.sums.numpy())
+        self.sums.assign(np.zeros(5, np.float32))
         accuracy, val_loss = self.evaluate()
         recalibrated_accuracy, recalibrated_loss = self.evaluate_recalibrated()
-        return {"step": step, "val_accuracy": accuracy, "val_loss": val_loss,
-                "val_accuracy_recalibrated": recalibrated_accuracy,
-                "val_loss_recalibrated": recalibrated_loss,
-                "train_loss": loss / max(count, 1), "r_clipped": r / max(count, 1),
-                "d_clipped": d / max(count, 1), "wall_seconds": round(wall_seconds, 2)}
+        row = {"step": step, "val_accuracy": accuracy, "val_loss": val_loss,
+               "val_accuracy_recalibrated": recalibrated_accuracy,
+               "val_loss_recalibrated": recalibrated_loss,
+               "train_loss": loss / max(count, 1), "r_clipped": r / max(count, 1),
+               "d_clipped": d / max(count, 1), "wall_seconds": round(wall_seconds, 2)}
+        if self.test_pairs is not None:
+            row["train_accuracy"] = correct / max(count * self.preset.minibatch_size, 1)
+            row["val_accuracy_minibatch_stats"] = self.evaluate_minibatch_statistics()
+        return row
 
 
 class Checkpoint:

@@ -1,4 +1,4 @@
-"""Figures: the paper's Figure 2 from result files, and the one helper that saves figures.
+"""Figures: the paper's Figures 2 and 3 from result files, and the one helper that saves figures.
 
 Only reads results (through `brlib.results`); it never imports the runner or
 TensorFlow.
@@ -26,6 +26,35 @@ def final_accuracy(values, last=1):
     return final.mean(), (final.std(ddof=1) if len(final) > 1 else 0.0)
 
 
+def _curves(ax, results, column, scale, last, dashed=False):
+    """Per arm, the seed mean of `column` with its 95 % confidence band."""
+    for arm, curves in results.items():
+        if column not in curves.columns:
+            continue
+        mean, half = mean_band(scale * curves[column])
+        label = ARMS[arm].label
+        if column != "train_loss":
+            final, sd = final_accuracy(curves[column], last)
+            label += f" ({final:.1f}% ± {sd:.1f}, {len(curves.seeds)} seeds)"
+        ax.plot(curves.steps, mean, color=ARMS[arm].color, label=label,
+                ls="--" if dashed else "-")
+        ax.fill_between(curves.steps, mean - half, mean + half, color=ARMS[arm].color, alpha=0.2)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="upper right" if column == "train_loss" else "lower right", fontsize=7,
+              title="mean, band: 95 % CI of the mean" if column != "train_loss" else None,
+              title_fontsize=7)
+
+
+def _reference_table(ax, rows):
+    ax.axis("off")
+    table = ax.table(cellText=[[name, value] for name, value in rows],
+                     colLabels=["for context", "final %"], loc="center", cellLoc="left",
+                     colWidths=[0.8, 0.3])
+    table.auto_set_font_size(False)
+    table.set_fontsize(8)
+    table.scale(1, 1.6)
+
+
 def figure2(results, title, last=1):
     """Per arm, the seed mean with its 95 % confidence band, for three quantities.
 
@@ -37,28 +66,47 @@ def figure2(results, title, last=1):
 
     fig, axes = plt.subplots(1, 4, figsize=(18, 4.6), width_ratios=[3, 3, 3, 1.6])
     for ax, (column, ylabel, scale) in zip(axes, PANELS):
-        for arm, curves in results.items():
-            mean, half = mean_band(scale * curves[column])
-            label = ARMS[arm].label
-            if column != "train_loss":
-                final, sd = final_accuracy(curves[column], last)
-                label += f" ({final:.1f}% ± {sd:.1f}, {len(curves.seeds)} seeds)"
-            ax.plot(curves.steps, mean, color=ARMS[arm].color, label=label)
-            ax.fill_between(curves.steps, mean - half, mean + half, color=ARMS[arm].color,
-                            alpha=0.2)
+        _curves(ax, results, column, scale, last)
         ax.set(xlabel="training step", ylabel=ylabel)
-        ax.grid(alpha=0.3)
-        ax.legend(loc="upper right" if column == "train_loss" else "lower right", fontsize=7,
-                  title="mean, band: 95 % CI of the mean" if column != "train_loss" else None,
-                  title_fontsize=7)
     axes[0].set_title(title, loc="left")
-    axes[3].axis("off")
-    table = axes[3].table(cellText=[[name, value] for name, value in REFERENCE],
-                          colLabels=["for context", "final %"], loc="center", cellLoc="left",
-                          colWidths=[0.8, 0.3])
-    table.auto_set_font_size(False)
-    table.set_fontsize(8)
-    table.scale(1, 1.6)
+    _reference_table(axes[3], REFERENCE)
+    fig.tight_layout()
+    return fig
+
+
+# Ioffe (2017), Figure 3: ImageNet, Inception-v3, minibatches of 16 pairs of one label per
+# worker of 32; the i.i.d. batch-norm number is Figure 1's baseline.
+REFERENCE_NONIID = [("paper, batchnorm, validation", "67.0"),
+                    ("paper, batchnorm, training", "72.8"),
+                    ("paper, batchnorm, minibatch stats", "76.5"),
+                    ("paper, batchnorm, two halves", "77.4"),
+                    ("paper, batch renorm", "78.6"),
+                    ("paper, batchnorm, i.i.d.", "78.3")]
+PANELS_NONIID = [("val_accuracy", "test accuracy (%), moving averages", False),
+                 ("val_accuracy_minibatch_stats",
+                  "test accuracy (%), minibatch statistics on paired test groups", False),
+                 ("train_accuracy", "training accuracy (%), training mode", False)]
+
+
+def figure3(results, title, last=1):
+    """The non-i.i.d. experiment: per arm, seed means with 95 % confidence bands.
+
+    Panels: test accuracy of the inference model with moving averages
+    (recalibrated dashed), test accuracy with each paired test group
+    normalized by its own statistics (the paper's first control), and the
+    training accuracy in training mode; then the paper's numbers.
+    """
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 4, figsize=(18, 4.8), width_ratios=[3, 3, 3, 1.8])
+    for ax, (column, ylabel, _) in zip(axes, PANELS_NONIID):
+        _curves(ax, results, column, 100, last)
+        ax.set(xlabel="training step", ylabel=ylabel)
+    for arm, curves in results.items():
+        mean, _ = mean_band(100 * curves["val_accuracy_recalibrated"])
+        axes[0].plot(curves.steps, mean, color=ARMS[arm].color, ls="--", lw=1)
+    axes[0].set_title(title + " (dashed: recalibrated)", loc="left", fontsize=9)
+    _reference_table(axes[3], REFERENCE_NONIID)
     fig.tight_layout()
     return fig
 

@@ -12,17 +12,23 @@ _STATE = ("moving_mean", "moving_stddev", "rmax", "dmax", "fraction_r_clipped",
           "fraction_d_clipped", "skipped_updates")
 
 
-def _snapshot(layers):
+def snapshot(layers):
+    """The state of BatchRenormalization `layers` that a training-mode call changes."""
     return [{name: ops.convert_to_numpy(getattr(layer, name)) for name in _STATE}
             | {"momentum": layer.momentum} for layer in layers]
 
 
-def restore(model, snapshot):
-    """Puts back the state that `recalibrate` returned."""
-    for layer, saved in zip(renorm_layers(model), snapshot):
+def restore_layers(layers, saved_states):
+    """Puts back the state that `snapshot(layers)` returned."""
+    for layer, saved in zip(layers, saved_states):
         layer.momentum = saved["momentum"]
         for name in _STATE:
             getattr(layer, name).assign(saved[name])
+
+
+def restore(model, saved_states):
+    """Puts back the state that `recalibrate` returned."""
+    restore_layers(renorm_layers(model), saved_states)
 
 
 def recalibrate(model, batches, forward=None, passes=None):
@@ -72,7 +78,7 @@ def recalibrate(model, batches, forward=None, passes=None):
     if not inputs:
         raise ValueError("`batches` must hold at least one batch; got none.")
     forward = forward or (lambda x: model(x, training=True))
-    before = _snapshot(layers)
+    before = snapshot(layers)
     if passes is None:
         passes = 1 if all(s["rmax"] == 1 and s["dmax"] == 0 for s in before) else len(layers)
     statistics = [(s["moving_mean"], s["moving_stddev"]) for s in before]

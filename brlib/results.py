@@ -17,6 +17,10 @@ import numpy as np
 
 COLUMNS = ["step", "val_accuracy", "val_loss", "val_accuracy_recalibrated",
            "val_loss_recalibrated", "train_loss", "r_clipped", "d_clipped", "wall_seconds"]
+# Recorded by presets that train on the paper's non-i.i.d. pairs (Figure 3) only: the
+# training-mode accuracy on the training minibatches, and the accuracy with each test
+# batch normalized by its own statistics, test batches being built as pairs too.
+PAIR_COLUMNS = ["train_accuracy", "val_accuracy_minibatch_stats"]
 BASELINE_GROUP = 32  # each of the paper's workers normalized its own 32 examples
 SETTINGS_FILE = "settings.json"
 
@@ -35,6 +39,11 @@ class Arm:
         alpha: Update rate of the moving statistics; None means the preset's.
         ramp: Whether rmax and dmax follow the preset's warm-up and ramp, or
             sit at their final values from step 0.
+        sampling: "iid" to train on shuffled epochs whatever the preset
+            samples; None means the preset's sampling.
+        layer: "renorm" for brlib's layer (batch norm or renorm), or
+            "groupnorm" for Keras's GroupNormalization, which does not look
+            at other examples at all.
     """
 
     name: str
@@ -44,6 +53,8 @@ class Arm:
     group: int | None = None
     alpha: float | None = None
     ramp: bool = True
+    sampling: str | None = None
+    layer: str = "renorm"
 
 
 STUDENT_ALPHA = 0.99  # the student code's moving-average rate, instead of the paper's 0.01
@@ -56,9 +67,21 @@ ARMS = {arm.name: arm for arm in (
     Arm("batchrenorm_seedbug", "Batch Renorm, α = 0.99", "tab:pink", renorm=True,
         alpha=STUDENT_ALPHA),
     Arm("batchrenorm_noramp", "Batch Renorm, no ramp", "tab:orange", renorm=True, ramp=False),
+    # Figure 3 (non-i.i.d. pairs): the paper's control that normalizes the two halves
+    # of each group of 32 apart, each half holding one example of every pair; batch
+    # norm on i.i.d. groups for reference; and a normalization without batch statistics.
+    Arm("batchnorm_halves", "Batchnorm, two halves of 16", "tab:purple", group=16),
+    Arm("batchnorm_iid", "Batchnorm, i.i.d. groups", "tab:gray", sampling="iid"),
+    Arm("groupnorm", "GroupNorm", "tab:green", layer="groupnorm"),
 )}
 DEFAULT_ARMS = ("batchnorm", "batchrenorm", "baseline")
 ABLATIONS = ("batchnorm_seedbug", "batchrenorm_seedbug", "batchrenorm_noramp")
+NONIID_ARMS = ("batchnorm", "batchnorm_halves", "batchrenorm", "batchnorm_iid")
+
+
+def default_arms(sampling="iid"):
+    """The arms a preset runs and draws by default: Figure 2's, or Figure 3's for pairs."""
+    return NONIID_ARMS if sampling == "pairs" else DEFAULT_ARMS
 
 
 def check_arms(arms):
@@ -90,8 +113,9 @@ def result_path(results_dir, preset_name, arm, seed):
 
 
 def rows_to_csv(rows):
+    extra = [name for name in PAIR_COLUMNS if rows and name in rows[0]]
     text = io.StringIO()
-    writer = csv.DictWriter(text, fieldnames=COLUMNS, lineterminator="\n")
+    writer = csv.DictWriter(text, fieldnames=COLUMNS + extra, lineterminator="\n")
     writer.writeheader()
     writer.writerows(rows)
     return text.getvalue().encode()
@@ -165,7 +189,7 @@ def load_results(results_dir, preset_name, arms=None):
         runs = [read_csv(found[seed]) for seed in seeds]
         length = min(len(run) for run in runs)
         columns = {name: np.array([[row[name] for row in run[:length]] for run in runs])
-                   for name in COLUMNS if name in runs[0][0]}
+                   for name in COLUMNS + PAIR_COLUMNS if name in runs[0][0]}
         results[arm] = Curves(columns["step"][0], seeds, columns)
     if not results:
         raise FileNotFoundError(f"no result CSVs in {Path(results_dir, preset_name)}; "
@@ -272,4 +296,47 @@ def format_table(results, last, reference="batchnorm"):
         drift, sd = steady_state(curves)
         cells.append(f"{drift:.2f} / {sd:.2f}")
         lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+# Ioffe (2017), Figure 3, for the arms of the non-i.i.d. experiment (%): training
+# accuracy, validation with moving averages, validation with minibatch statistics.
+PAPER_NONIID = {"batchnorm": ("72.8", "67.0", "76.5"), "batchnorm_halves": ("", "77.4", ""),
+                "batchrenorm": ("", "78.6", ""), "batchnorm_iid": ("", "78.3 (Figure 1)", "")}
+NONIID_COLUMNS = (("train_accuracy", "training"), ("val_accuracy", "test, moving averages"),
+                  ("val_accuracy_recalibrated", "test, recalibrated"),
+                  ("val_accuracy_minibatch_stats", "test, minibatch statistics"))
+
+
+def within_arm_difference(curves, column, reference, last):
+    """`column` minus `reference` of one arm, paired by seed: (mean, (low, high)) in points."""
+    mean, _, interval = t_interval(100 * (final_values(curves[column], last)
+                                          - final_values(curves[reference], last)))
+    return mean, interval
+
+
+def format_noniid_table(results, last):
+    """A Markdown table of the non-i.i.d. experiment beside the paper's Figure 3 numbers.
+
+    Every accuracy is mean ± sd over seeds; below the table, each arm's
+    generalization gap (training minus test with moving averages) and the
+    gain from normalizing test groups by their own statistics, paired by seed.
+    """
+    header = " | ".join(f"{name} (%)" for _, name in NONIID_COLUMNS)
+    lines = [f"| arm | seeds | {header} | paper: training / test / minibatch stats |",
+             "|---|---|" + "---|" * len(NONIID_COLUMNS) + "---|"]
+    for arm, curves in results.items():
+        cells = [ARMS[arm].label, str(len(curves.seeds))]
+        for column, _ in NONIID_COLUMNS:
+            mean, sd, _ = t_interval(100 * final_values(curves[column], last))
+            cells.append(f"{mean:.2f} ± {sd:.2f}")
+        cells.append(" / ".join(value or "—" for value in PAPER_NONIID.get(arm, ("", "", ""))))
+        lines.append("| " + " | ".join(cells) + " |")
+    lines.append("")
+    for arm, curves in results.items():
+        gap, (low, high) = within_arm_difference(curves, "train_accuracy", "val_accuracy", last)
+        gain, (g_low, g_high) = within_arm_difference(curves, "val_accuracy_minibatch_stats",
+                                                      "val_accuracy", last)
+        lines.append(f"- {ARMS[arm].label}: training − test {gap:+.2f} [{low:+.2f}, {high:+.2f}]; "
+                     f"minibatch statistics − moving averages {gain:+.2f} [{g_low:+.2f}, {g_high:+.2f}]")
     return "\n".join(lines)

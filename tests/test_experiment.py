@@ -36,11 +36,13 @@ def test_presets_follow_the_protocols():
         "name": "", "dataset": ""}
 
 
-@pytest.mark.parametrize("name, min_seeds", [("quick", 5), ("cpu", 10)])
-def test_cpu_presets_are_built_to_reach_a_steady_state(name, min_seeds):
+@pytest.mark.parametrize("name, min_seeds, microbatch", [
+    ("quick", 5, 2), ("cpu", 10, 2), ("noniid_quick", 5, 32), ("noniid", 10, 32)])
+def test_cpu_presets_are_built_to_reach_a_steady_state(name, min_seeds, microbatch):
     preset = experiment.get_preset(name)
     tau = round(1 / preset.alpha)  # the moving averages' time constant, in steps
-    assert preset.microbatch_size == 2 and preset.minibatch_size % 32 == 0
+    assert preset.microbatch_size == microbatch and preset.minibatch_size % 32 == 0
+    assert preset.sampling == ("pairs" if name.startswith("noniid") else "iid")
     assert preset.seeds >= min_seeds
     assert preset.warmup_steps >= 3 * tau  # the averages hold e^-3 of their start or less
     # The learning rate is down to its floor for the last quarter, at least 3 time constants.
@@ -68,9 +70,9 @@ def test_learning_rate_is_held_then_cosine_annealed_to_its_floor():
 @pytest.mark.parametrize("argv, named", [
     (["reproduce", "--preset", "nope"], "preset"),
     (["reproduce", "--preset", "quick", "--steps", "0"], "steps"),
-    (["reproduce", "--preset", "quick", "--arms", "groupnorm"], "arms"),
+    (["reproduce", "--preset", "quick", "--arms", "layernorm"], "arms"),
     (["reproduce", "--preset", "quick", "--seeds", "0"], "seeds"),
-    (["figure", "--preset", "quick", "--arms", "groupnorm"], "arms"),
+    (["figure", "--preset", "quick", "--arms", "layernorm"], "arms"),
 ])
 def test_bad_settings_fail_before_training(argv, named, capsys):
     assert cli.main(argv) == 2
@@ -150,7 +152,12 @@ def test_every_arm_builds_its_normalization(arm):
     run = experiment.Run(preset, arm, 0, tiny_data())
     spec = results.ARMS[arm]
     alpha = 0.99 if arm.endswith("_seedbug") else preset.alpha
-    group = 32 if arm == "baseline" else preset.microbatch_size
+    group = {"baseline": 32, "batchnorm_halves": 16}.get(arm, preset.microbatch_size)
+    if spec.layer == "groupnorm":
+        kinds = {type(layer).__name__ for layer in run.model.layers}
+        assert not run.layers and "GroupNormalization" in kinds
+    else:
+        assert len(run.layers) == 4
     for layer in run.layers:
         assert layer.momentum == pytest.approx(1 - alpha)
         assert layer.microbatch_size == group
@@ -233,3 +240,90 @@ def test_compare_trains_both_arms_on_the_same_data():
         np.testing.assert_array_equal(steps, [5, 10])
         assert np.all((0 <= accuracy) & (accuracy <= 1))
         assert np.all((0 <= recalibrated) & (recalibrated <= 1))
+
+
+PAIRS = dict(TINY, microbatch_size=32, sampling="pairs", dropout=0.0)
+
+
+def test_pairs_preset_trains_on_paired_groups_drawn_from_seed_and_step():
+    from brlib import sampling
+
+    data = tiny_data()
+    preset = experiment.get_preset("noniid_quick", **PAIRS)
+    run = experiment.Run(preset, "batchnorm", 3, data)
+    for step in range(4):
+        run.train_step(step)
+    by_class = sampling.indices_by_class(data[0][1])
+    fresh = experiment.Run(preset, "batchnorm", 3, data)  # as after a resume: no steps taken
+    for step in (0, 3, 7):
+        expected = sampling.paired_minibatch(by_class, 3, step, 32)
+        np.testing.assert_array_equal(run.minibatch(step), expected)
+        np.testing.assert_array_equal(fresh.minibatch(step), expected)
+        labels = data[0][1][expected]
+        np.testing.assert_array_equal(labels[:16], labels[16:])  # one of every pair per half
+    # The i.i.d. reference arm ignores the preset's pairs and shuffles epochs.
+    iid = experiment.Run(preset, "batchnorm_iid", 3, data)
+    np.testing.assert_array_equal(iid.minibatch(0), sampling.epoch_order(3, 0, 96)[:32])
+    halves = experiment.Run(preset, "batchnorm_halves", 3, data)
+    assert {layer.microbatch_size for layer in halves.layers} == {16}
+
+
+def test_minibatch_statistics_evaluation_normalizes_each_test_group_alone():
+    preset = experiment.get_preset("noniid_quick", **PAIRS)
+    run = experiment.Run(preset, "batchrenorm", 0, tiny_data())
+    for step in range(12):
+        run.train_step(step)
+    before = [v.numpy().copy() for v in run.model.variables]
+    accuracy = run.evaluate_minibatch_statistics(groups_per_call=3)
+    # Reference: each paired test group alone, in training mode, on a copy of the state.
+    correct = 0
+    for group in run.test_pairs:
+        logits = run.model(run.x_test[group], training=True).numpy()
+        correct += int(np.sum(logits.argmax(axis=-1) == run.y_test[group]))
+        for variable, value in zip(run.model.variables, before):
+            variable.assign(value)
+    assert accuracy == pytest.approx(correct / run.test_pairs.size)
+    assert run.test_pairs.shape == (len(run.x_test) // 32, 32)
+    for variable, value in zip(run.model.variables, before):  # the run's state is untouched
+        np.testing.assert_array_equal(variable.numpy(), value, err_msg=variable.name)
+
+
+def test_pairs_results_record_training_and_minibatch_statistics_accuracy(tmp_path):
+    preset = experiment.get_preset("noniid_quick", **dict(PAIRS, steps=10))
+    for arm in ("batchnorm", "groupnorm"):
+        experiment.run_one(preset, arm, 0, tiny_data(), tmp_path)
+    loaded = results.load_results(tmp_path, "noniid_quick")
+    for arm, curves in loaded.items():
+        for column in results.PAIR_COLUMNS:
+            values = curves[column]
+            assert values.shape == (1, 2) and np.all((0 <= values) & (values <= 1)), (arm, column)
+    # GroupNorm has no batch statistics: there is nothing to recalibrate.
+    gn = loaded["groupnorm"]
+    np.testing.assert_array_equal(gn["val_accuracy"], gn["val_accuracy_recalibrated"])
+    table = results.format_noniid_table(loaded, last=1)
+    assert "72.8 / 67.0 / 76.5" in table and "GroupNorm" in table
+
+
+def test_pairs_run_restored_from_a_checkpoint_continues_as_if_uninterrupted(tmp_path):
+    import tensorflow as tf
+
+    tf.config.experimental.enable_op_determinism()
+    preset = experiment.get_preset("noniid_quick", **dict(PAIRS, eval_every=4, steps=8))
+    data = tiny_data()
+
+    def rows(run, steps):
+        out = []
+        for step in steps:
+            run.train_step(step)
+            if (step + 1) % 4 == 0:
+                out.append({k: v for k, v in run.row(step + 1, 0.0).items()})
+        return out
+
+    whole = rows(experiment.Run(preset, "batchrenorm", 0, data), range(8))
+    first = experiment.Run(preset, "batchrenorm", 0, data)
+    before = rows(first, range(4))
+    experiment.Checkpoint(tmp_path / "r.csv", first.checkpoint()).save(4, before)
+    resumed = experiment.Run(preset, "batchrenorm", 0, data)
+    step, _, _ = experiment.Checkpoint(tmp_path / "r.csv", resumed.checkpoint()).restore()
+    assert step == 4
+    assert before + rows(resumed, range(4, 8)) == whole

@@ -30,6 +30,22 @@ def test_figure2_draws_means_with_95_percent_bands_and_final_values(tmp_path):
     assert np.isclose(band[:, 1].max(), upper.max())
 
 
+def test_figure3_draws_each_column_and_the_papers_numbers(tmp_path):
+    accuracies = np.array([[0.3, 0.8, 0.82], [0.4, 0.9, 0.88]])
+    write_runs(tmp_path, "batchnorm", accuracies, preset="noniid_quick",
+               pairs=(accuracies + 0.05, accuracies - 0.03))
+    fig = plots.figure3(results.load_results(tmp_path, "noniid_quick"), "test", last=1)
+    moving, minibatch, training, table = fig.axes
+    np.testing.assert_allclose(moving.get_lines()[0].get_ydata(), 100 * accuracies.mean(0))
+    np.testing.assert_allclose(moving.get_lines()[1].get_ydata(), 100 * accuracies.mean(0))
+    np.testing.assert_allclose(minibatch.get_lines()[0].get_ydata(),
+                               100 * (accuracies - 0.03).mean(0))
+    np.testing.assert_allclose(training.get_lines()[0].get_ydata(),
+                               100 * (accuracies + 0.05).mean(0))
+    cells = [cell.get_text().get_text() for cell in table.tables[0].get_celld().values()]
+    assert "67.0" in cells and "paper, batch renorm" in cells
+
+
 def test_save_figure_writes_png_and_reproducible_svg(tmp_path):
     import matplotlib.pyplot as plt
 

@@ -9,14 +9,22 @@ from scipy import stats
 from brlib import results
 
 
-def write_runs(directory, arm, accuracies, recalibrated=None, preset="quick"):
-    """One CSV per seed, with the given accuracy curves (evaluations every 10 steps)."""
+def write_runs(directory, arm, accuracies, recalibrated=None, preset="quick", pairs=None):
+    """One CSV per seed, with the given accuracy curves (evaluations every 10 steps).
+
+    `pairs`, if given, is (training accuracies, minibatch-statistics accuracies), the two
+    columns that the non-i.i.d. presets add.
+    """
     recalibrated = accuracies if recalibrated is None else recalibrated
     for seed, (values, calibrated) in enumerate(zip(accuracies, recalibrated)):
         rows = [{"step": 10 * (i + 1), "val_accuracy": v, "val_loss": 1.0,
                  "val_accuracy_recalibrated": c, "val_loss_recalibrated": 1.0,
                  "train_loss": 2.0 - v, "r_clipped": 0.0, "d_clipped": 0.0, "wall_seconds": 1.0}
                 for i, (v, c) in enumerate(zip(values, calibrated))]
+        if pairs is not None:
+            for i, row in enumerate(rows):
+                row["train_accuracy"] = pairs[0][seed][i]
+                row["val_accuracy_minibatch_stats"] = pairs[1][seed][i]
         results.write_atomic(directory / preset / f"{arm}_seed{seed}.csv",
                              results.rows_to_csv(rows))
 
@@ -122,7 +130,29 @@ def test_arms_are_checked_by_name():
     assert results.check_arms(("batchnorm", "batchrenorm_noramp")) == [
         "batchnorm", "batchrenorm_noramp"]
     with pytest.raises(ValueError, match="arms"):
-        results.check_arms(["groupnorm"])
+        results.check_arms(["layernorm"])
     with pytest.raises(ValueError, match="arms"):
         results.check_arms([])
-    assert set(results.DEFAULT_ARMS) | set(results.ABLATIONS) == set(results.ARMS)
+    named = set(results.DEFAULT_ARMS) | set(results.ABLATIONS) | set(results.NONIID_ARMS)
+    assert named | {"groupnorm"} == set(results.ARMS)
+    assert results.default_arms("pairs") == results.NONIID_ARMS
+    assert results.default_arms("iid") == results.DEFAULT_ARMS
+
+
+def test_noniid_table_gives_within_arm_gaps_with_paired_intervals(tmp_path):
+    rng = np.random.default_rng(0)
+    test = rng.uniform(0.6, 0.7, size=(4, 3))
+    train = test + rng.uniform(0.02, 0.08, size=(4, 3))
+    minibatch = test + 0.05
+    write_runs(tmp_path, "batchnorm", test, preset="noniid_quick", pairs=(train, minibatch))
+    loaded = results.load_results(tmp_path, "noniid_quick")
+    assert set(results.PAIR_COLUMNS) <= set(loaded["batchnorm"].columns)
+    gap = 100 * (train[:, -2:].mean(1) - test[:, -2:].mean(1))
+    low, high = stats.t.interval(0.95, 3, loc=gap.mean(), scale=stats.sem(gap))
+    mean, interval = results.within_arm_difference(loaded["batchnorm"], "train_accuracy",
+                                                   "val_accuracy", last=2)
+    np.testing.assert_allclose((mean, *interval), (gap.mean(), low, high))
+    table = results.format_noniid_table(loaded, last=2)
+    assert f"training − test {gap.mean():+.2f} [{low:+.2f}, {high:+.2f}]" in table
+    assert "minibatch statistics − moving averages +5.00 [+5.00, +5.00]" in table
+    assert "72.8 / 67.0 / 76.5" in table  # the paper's Figure 3 beside it

@@ -1,0 +1,83 @@
+"""Which training examples make up each minibatch: i.i.d. epochs, or the paper's pairs.
+
+NumPy only. Every draw is a function of (seed, step) alone, so a resumed run
+sees the same minibatches as an uninterrupted one.
+"""
+
+import numpy as np
+
+WORKER = 32  # examples per worker, and per normalization group, in the paper's Figure 3
+# Tags keep the random streams of the samplers apart for the same (seed, step).
+_PAIRS, _TEST_PAIRS, _CALIBRATION_PAIRS = 11, 13, 17
+
+
+def epoch_order(seed, epoch, size):
+    """The shuffle of epoch `epoch`: a permutation of range(size), new every epoch."""
+    return np.random.default_rng([seed, epoch]).permutation(size)
+
+
+def indices_by_class(labels):
+    """Example indices of each class 0 … C−1; every class must have two examples or more."""
+    labels = np.asarray(labels).ravel()
+    by_class = [np.flatnonzero(labels == c) for c in range(int(labels.max()) + 1)]
+    short = [c for c, members in enumerate(by_class) if len(members) < 2]
+    if short:
+        raise ValueError(f"`labels` must hold at least 2 examples of every class 0…"
+                         f"{len(by_class) - 1} to draw pairs; classes {short} have fewer.")
+    return by_class
+
+
+def paired_groups(by_class, rng, groups, group_size=WORKER):
+    """`groups` groups of `group_size` examples built as pairs of one label each.
+
+    Each group holds group_size / 2 labels drawn uniformly with replacement
+    and, for each label, two different examples of that label drawn
+    uniformly. A label drawn twice gives two independent pairs. Within a
+    group the first members of the pairs come first and the second members
+    after them, in the same label order, so each half of the group holds one
+    example of every pair (the paper's "two halves" control).
+
+    Returns:
+        An int array of shape (groups * group_size,) of example indices.
+    """
+    pairs = group_size // 2
+    classes = rng.integers(0, len(by_class), size=(groups, pairs))
+    sizes = np.array([len(members) for members in by_class])[classes]
+    first = rng.integers(0, sizes)
+    second = (first + 1 + rng.integers(0, sizes - 1)) % sizes  # any other member of the class
+    pick = np.vectorize(lambda c, i: by_class[c][i], otypes=[np.int64])
+    return np.concatenate([pick(classes, first), pick(classes, second)], axis=1).ravel()
+
+
+def paired_minibatch(by_class, seed, step, minibatch_size, group_size=WORKER):
+    """The training minibatch of `step`: minibatch_size / group_size paired groups."""
+    _check_groups(minibatch_size, group_size)
+    rng = np.random.default_rng([seed, step, _PAIRS])
+    return paired_groups(by_class, rng, minibatch_size // group_size, group_size)
+
+
+def paired_batches(by_class, seed, count, group_size=WORKER, purpose="test"):
+    """`count` fixed batches of one paired group each, for evaluation or recalibration."""
+    tag = {"test": _TEST_PAIRS, "calibration": _CALIBRATION_PAIRS}[purpose]
+    rng = np.random.default_rng([seed, tag])
+    return paired_groups(by_class, rng, count, group_size).reshape(count, group_size)
+
+
+def _check_groups(minibatch_size, group_size):
+    if group_size < 2 or group_size % 2:
+        raise ValueError(f"`group_size` must be an even integer >= 2; got {group_size!r}.")
+    if minibatch_size % group_size:
+        raise ValueError(f"`minibatch_size`={minibatch_size} must be a multiple of the group "
+                         f"size {group_size}.")
+
+
+def same_label_partners(labels, group_size=WORKER):
+    """For each example of each group, how many others in its group share its label.
+
+    `labels` is an array of shape (groups, group_size). Used to compare the
+    paired sampler with i.i.d. groups: with 10 classes, labels repeat within
+    a group far more often than with the paper's 1000.
+    """
+    labels = np.asarray(labels).reshape(-1, group_size)
+    same = labels[:, :, None] == labels[:, None, :]
+    return same.sum(axis=2) - 1
