@@ -2,19 +2,35 @@
 
     import brlib as br
     layer = br.BatchRenormalization(microbatch_size=4)
+
+The layer, the schedule, recalibration, the samplers, results and plots need
+only Keras and NumPy, so they work on every Keras backend. The experiment
+runner (`brlib.experiment`) needs TensorFlow and is imported on first use.
 """
 
-from brlib._startup import import_tensorflow
+import importlib
 
-import_tensorflow()  # first, so that TensorFlow's start-up lines honour TF_CPP_MIN_LOG_LEVEL
+from brlib._startup import import_tensorflow, intended_backend
 
-from brlib import data, diagnostics, experiment, models, plots, results, widgets  # noqa: E402
+if intended_backend() == "tensorflow":
+    import_tensorflow()  # first, so that TensorFlow's start-up lines honour TF_CPP_MIN_LOG_LEVEL
+
+from brlib import (data, diagnostics, models, plots, results, sampling, validation,  # noqa: E402
+                   widgets)
 from brlib.layers import BatchRenormalization  # noqa: E402
 from brlib.recalibration import recalibrate, recalibrated  # noqa: E402
 from brlib.schedule import RenormSchedule, renorm_layers  # noqa: E402
 
 __version__ = "0.1.0"
 
-__all__ = ["data", "diagnostics", "experiment", "models", "plots", "results", "widgets",
+__all__ = ["data", "diagnostics", "experiment", "models", "plots", "results", "sampling",
+           "validation", "widgets",
            "BatchRenormalization", "RenormSchedule", "recalibrate", "recalibrated",
            "renorm_layers", "__version__"]
+
+
+def __getattr__(name):
+    """Imports `brlib.experiment` on first use, so that other backends never load TensorFlow."""
+    if name == "experiment":
+        return importlib.import_module("brlib.experiment")
+    raise AttributeError(f"module 'brlib' has no attribute {name!r}")

@@ -7,6 +7,7 @@ the import's standard error is captured at the file-descriptor level and
 replayed without those lines: anything else TensorFlow prints still shows.
 """
 
+import json
 import os
 import re
 import sys
@@ -46,3 +47,21 @@ def import_tensorflow():
                     if not STARTUP_LINE.fullmatch(line)]
             if kept:
                 sys.stderr.write("\n".join(kept) + "\n")
+
+
+def intended_backend():
+    """The Keras backend that `import keras` will load, found without importing Keras.
+
+    Keras takes it from KERAS_BACKEND, else from keras.json in KERAS_HOME
+    (default ~/.keras), else uses TensorFlow; once Keras is imported, it says.
+    """
+    if "keras" in sys.modules:
+        return sys.modules["keras"].backend.backend()
+    if os.environ.get("KERAS_BACKEND"):
+        return os.environ["KERAS_BACKEND"]
+    home = os.environ.get("KERAS_HOME", os.path.join(os.path.expanduser("~"), ".keras"))
+    try:
+        with open(os.path.join(home, "keras.json")) as handle:
+            return json.load(handle).get("backend", "tensorflow")
+    except (OSError, ValueError):
+        return "tensorflow"

@@ -1,16 +1,10 @@
 """The rmax/dmax warm-up and ramp of batch renormalization."""
 
-import numbers
-
 import keras
 import numpy as np
 
 from brlib.layers import BatchRenormalization, check_dmax, check_rmax
-
-
-def _check_step_count(name, value):
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
-        raise ValueError(f"`{name}` must be an integer >= 0; got {name}={value!r}.")
+from brlib.validation import check_integer
 
 
 def _ramp(step, start, end, final):
@@ -31,9 +25,12 @@ class RenormSchedule(keras.callbacks.Callback):
     and stay there. Called with a step (or an array of steps) it returns
     `(rmax, dmax)`, for custom training loops and plots. Passed to
     `model.fit`, it sets `rmax` and `dmax` of every `BatchRenormalization`
-    layer in the model, nested models included, before each batch, keyed to
-    the optimizer's iteration count so that a resumed run picks up where it
-    stopped.
+    layer in the model, nested models included, before each batch, counting
+    steps from the optimizer's iteration count at the start of `fit`, so that
+    a resumed run picks up where it stopped (one step per batch, Keras's
+    default `steps_per_execution=1`). It works on every backend: on JAX, where
+    `fit` keeps the variables outside the model, it syncs them back before
+    assigning new bounds.
 
     Args:
         warmup_steps: Steps during which the layer is plain batch norm.
@@ -52,7 +49,7 @@ class RenormSchedule(keras.callbacks.Callback):
         super().__init__()
         for name, value in (("warmup_steps", warmup_steps), ("rmax_steps", rmax_steps),
                             ("dmax_steps", dmax_steps)):
-            _check_step_count(name, value)
+            check_integer(name, value, "an integer >= 0", lambda v: v >= 0)
         for name, value in (("rmax_steps", rmax_steps), ("dmax_steps", dmax_steps)):
             if value < warmup_steps:
                 raise ValueError(
@@ -82,15 +79,43 @@ class RenormSchedule(keras.callbacks.Callback):
             layer.dmax.assign(dmax)
         return rmax, dmax
 
+    def on_train_begin(self, logs=None):
+        # The optimizer's count, so that a resumed run continues the schedule.
+        self._step = int(keras.ops.convert_to_numpy(self.model.optimizer.iterations))
+        self._bounds = None
+
     def on_train_batch_begin(self, batch, logs=None):
-        step = int(keras.ops.convert_to_numpy(self.model.optimizer.iterations))
-        self.apply(self.model, step)
+        bounds = self(self._step)
+        if bounds != self._bounds:  # assign only when they change
+            sync_state(self.model)
+            self._bounds = self.apply(self.model, self._step)
+
+    def on_train_batch_end(self, batch, logs=None):
+        self._step += 1
 
 
 def renorm_layers(model):
-    """All BatchRenormalization layers inside `model`, at any depth."""
+    """All BatchRenormalization layers inside `model`, at any depth.
+
+    Nested models and layers that hold other layers as attributes are
+    searched too. This uses Keras's private `_flatten_layers`, which is what
+    tracks attribute-held layers; `tests/test_schedule.py` holds it to that
+    behaviour on every Keras that CI runs (3.13, as on Colab, and the newest).
+    """
     return [
         layer
         for layer in model._flatten_layers(include_self=True, recursive=True)
         if isinstance(layer, BatchRenormalization)
     ]
+
+
+def sync_state(model):
+    """Puts JAX's training state back into the model's variables; a no-op elsewhere.
+
+    During `fit` on JAX the variables live in a state tuple outside the model,
+    and a value assigned to a variable is read by the next step only after
+    this sync (Keras's `jax_state_sync`).
+    """
+    sync = getattr(model, "jax_state_sync", None)
+    if sync is not None:
+        sync()
