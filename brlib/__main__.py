@@ -46,10 +46,11 @@ def figure(args):
     matplotlib.use("Agg")
     from brlib import plots, results
 
+    chosen = results.check_arms(args.arms) if args.arms else None  # before reading anything
     loaded = results.load_results(args.results_dir, args.preset)  # the table has every arm
     settings = results.load_settings(args.results_dir, args.preset) or {}
     pairs = settings.get("sampling") == "pairs"
-    drawn = results.check_arms(args.arms) if args.arms else default_arms(settings.get("sampling"))
+    drawn = chosen or default_arms(settings.get("sampling"))
     last = settings.get("final_evaluations", 1)
     print(f"Preset '{args.preset}': final accuracy = mean of the last {last} evaluation(s) per "
           "seed; differences are paired by seed, with 95 % t-intervals, in points.\n")

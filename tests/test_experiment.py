@@ -74,7 +74,11 @@ def test_learning_rate_is_held_then_cosine_annealed_to_its_floor():
     (["reproduce", "--preset", "quick", "--seeds", "0"], "seeds"),
     (["figure", "--preset", "quick", "--arms", "layernorm"], "arms"),
 ])
-def test_bad_settings_fail_before_training(argv, named, capsys):
+def test_bad_settings_fail_before_training(argv, named, capsys, tmp_path):
+    # A temporary results directory, so that an argument that turns out valid cannot
+    # train into (or draw over) the committed results.
+    flag = "--figures-dir" if argv[0] == "figure" else "--data-dir"
+    argv = argv + ["--results-dir", str(tmp_path), flag, str(tmp_path / "none")]
     assert cli.main(argv) == 2
     assert named in capsys.readouterr().err
 
