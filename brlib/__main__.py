@@ -20,6 +20,9 @@ def _parser():
     run.add_argument("--eval-every", type=int, help="override the evaluation interval")
     run.add_argument("--results-dir", default="data/results")
     run.add_argument("--data-dir", help="directory with the dataset's files")
+    run.add_argument("--multi-worker", action="store_true",
+                     help="train with tf.distribute.MultiWorkerMirroredStrategy: start one such "
+                          "command per worker, each with its TF_CONFIG; only the chief writes")
     figure = commands.add_parser(
         "figure", help="print the paired differences and draw figures/figure2_<preset>.png and "
         ".svg (figure3_<preset> for the noniid presets)")
@@ -35,8 +38,13 @@ def reproduce(args):
     from brlib import experiment
 
     preset = experiment.get_preset(args.preset, steps=args.steps, eval_every=args.eval_every)
+    strategy = None
+    if args.multi_worker:
+        import tensorflow as tf
+
+        strategy = tf.distribute.MultiWorkerMirroredStrategy()  # the cluster from TF_CONFIG
     paths = experiment.reproduce(preset, args.arms or default_arms(preset.sampling), args.seeds,
-                                 args.results_dir, args.data_dir)
+                                 args.results_dir, args.data_dir, strategy=strategy)
     print(f"\n{len(paths)} result files in {os.path.join(args.results_dir, preset.name)}")
 
 

@@ -13,25 +13,35 @@ skipped.
 """
 
 import dataclasses
-import numbers
+import shutil
+import tempfile
 import time
 from pathlib import Path
 
 import keras
-import numpy as np
-import tensorflow as tf
 
-import brlib.data
-from brlib.layers import BatchRenormalization, check_value
-from brlib import recalibration
-from brlib.models import seed_convnet
-from brlib.recalibration import recalibrated
-from brlib.results import (ARMS, BASELINE_GROUP, COLUMNS, DEFAULT_ARMS, check_arms,  # noqa: F401
+if keras.backend.backend() != "tensorflow":
+    raise ImportError(
+        "brlib.experiment (the experiment runner) needs Keras's TensorFlow backend; Keras is "
+        f"running on {keras.backend.backend()!r}. Set KERAS_BACKEND=tensorflow and install "
+        "TensorFlow (pip install 'brlib[tensorflow]'). The layer, the schedule and "
+        "recalibration work on every backend.")
+
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+import brlib.data  # noqa: E402
+from brlib.layers import BatchRenormalization  # noqa: E402
+from brlib import recalibration  # noqa: E402
+from brlib.models import seed_convnet  # noqa: E402
+from brlib.recalibration import recalibrated  # noqa: E402
+from brlib.results import (ARMS, BASELINE_GROUP, COLUMNS, DEFAULT_ARMS, check_arms,  # noqa: E402,F401
                            check_settings, default_arms, read_csv, result_path, rows_to_csv,
                            write_atomic)
-from brlib.sampling import (WORKER, epoch_order, indices_by_class, paired_batches,
+from brlib.sampling import (WORKER, epoch_order, indices_by_class, paired_batches,  # noqa: E402
                             paired_minibatch)
-from brlib.schedule import RenormSchedule, renorm_layers
+from brlib.schedule import RenormSchedule, renorm_layers  # noqa: E402
+from brlib.validation import check_integer, check_number  # noqa: E402
 
 
 @dataclasses.dataclass(frozen=True)
@@ -95,26 +105,23 @@ class Preset:
         positive = ("minibatch_size", "microbatch_size", "steps", "eval_every", "seeds",
                     "recalibration_batches", "final_evaluations")
         for name in positive:
-            check_value(name, getattr(self, name), "a positive integer",
-                   lambda v: isinstance(v, numbers.Integral) and v > 0)
+            check_integer(name, getattr(self, name), "a positive integer", lambda v: v > 0)
         for name in ("learning_rate", "alpha"):
-            check_value(name, getattr(self, name), "a number in (0, 1]",
-                   lambda v: isinstance(v, numbers.Real) and 0 < v <= 1)
-        check_value("lr_floor", self.lr_floor, "a number in [0, 1]",
-               lambda v: isinstance(v, numbers.Real) and 0 <= v <= 1)
-        check_value("dropout", self.dropout, "a number in [0, 1)",
-               lambda v: isinstance(v, numbers.Real) and 0 <= v < 1)
+            check_number(name, getattr(self, name), "a number in (0, 1]", lambda v: 0 < v <= 1)
+        check_number("lr_floor", self.lr_floor, "a number in [0, 1]", lambda v: 0 <= v <= 1)
+        check_number("dropout", self.dropout, "a number in [0, 1)", lambda v: 0 <= v < 1)
         if (self.lr_decay_start is None) != (self.lr_decay_end is None):
             raise ValueError("`lr_decay_start` and `lr_decay_end` must be both set or both "
                              f"None; got {self.lr_decay_start!r} and {self.lr_decay_end!r}.")
         if self.lr_decay_start is not None:
-            check_value("lr_decay_start", self.lr_decay_start, "an integer >= 0",
-                   lambda v: isinstance(v, numbers.Integral) and v >= 0)
-            check_value("lr_decay_end", self.lr_decay_end, f"an integer > lr_decay_start",
-                   lambda v: isinstance(v, numbers.Integral) and v > self.lr_decay_start)
-        check_value("widths", self.widths, "three positive integers",
-               lambda v: len(v) == 3 and all(isinstance(w, numbers.Integral)
-                                             and not isinstance(w, bool) and w > 0 for w in v))
+            check_integer("lr_decay_start", self.lr_decay_start, "an integer >= 0",
+                          lambda v: v >= 0)
+            check_integer("lr_decay_end", self.lr_decay_end, "an integer > lr_decay_start",
+                          lambda v: v > self.lr_decay_start)
+        if len(self.widths) != 3:
+            raise ValueError(f"`widths` must be three positive integers; got {self.widths!r}.")
+        for width in self.widths:
+            check_integer("widths", width, "three positive integers", lambda v: v > 0)
         for group in (self.microbatch_size, BASELINE_GROUP):
             if self.minibatch_size % group:
                 raise ValueError(
@@ -132,6 +139,11 @@ class Preset:
         if self.sampling == "pairs" and self.minibatch_size % WORKER:
             raise ValueError(f"`minibatch_size`={self.minibatch_size} must be a multiple of "
                              f"{WORKER}, the size of a group of pairs.")
+        if self.sampling == "pairs" and self.dropout:
+            raise ValueError(
+                f"`dropout` must be 0 when `sampling`='pairs'; got dropout={self.dropout}. The "
+                "accuracy with minibatch statistics runs the model in training mode, which "
+                "would apply dropout too.")
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"`optimizer` must be one of {sorted(OPTIMIZERS)}; "
                              f"got optimizer={self.optimizer!r}.")
@@ -427,16 +439,21 @@ class Checkpoint:
     two writes loses nothing: the older checkpoint is still kept.
     """
 
-    def __init__(self, result_csv, checkpoint):
+    def __init__(self, result_csv, checkpoint, writer=True):
         path = Path(result_csv)
         self.directory = path.with_name(f".{path.stem}.checkpoint")
         self.partial = path.with_name(f".{path.stem}.partial.csv")
-        self.manager = tf.train.CheckpointManager(checkpoint, self.directory, max_to_keep=2)
+        self.writer = writer
+        # Under MultiWorkerMirroredStrategy every worker must take part in a save; the
+        # workers other than the chief save into a scratch directory that is thrown away.
+        self.saves_to = self.directory if writer else Path(tempfile.mkdtemp(prefix="brlib-"))
+        self.manager = tf.train.CheckpointManager(checkpoint, self.saves_to, max_to_keep=2)
         self.checkpoint = checkpoint
 
     def save(self, step, rows):
         self.manager.save(checkpoint_number=step)
-        write_atomic(self.partial, rows_to_csv(rows))
+        if self.writer:
+            write_atomic(self.partial, rows_to_csv(rows))
 
     def restore(self):
         """Restores the variables; returns (step, rows, wall_seconds), or None."""
@@ -449,10 +466,9 @@ class Checkpoint:
         return step, rows, rows[-1]["wall_seconds"]
 
     def delete(self):
-        import shutil
-
-        shutil.rmtree(self.directory, ignore_errors=True)
-        self.partial.unlink(missing_ok=True)
+        shutil.rmtree(self.saves_to, ignore_errors=True)
+        if self.writer:
+            self.partial.unlink(missing_ok=True)
 
 
 def run_one(preset, arm, seed, dataset, results_dir, strategy=None, on_step=None):
@@ -470,7 +486,8 @@ def run_one(preset, arm, seed, dataset, results_dir, strategy=None, on_step=None
         return path
     tf.config.experimental.enable_op_determinism()
     run = Run(preset, arm, seed, dataset, strategy)
-    checkpoint = Checkpoint(path, run.checkpoint())
+    writer = is_chief(run.strategy)
+    checkpoint = Checkpoint(path, run.checkpoint(), writer)
     step, rows, wall_before = checkpoint.restore() or (0, [], 0.0)
     started = time.perf_counter()
     while step < preset.steps:
@@ -482,9 +499,22 @@ def run_one(preset, arm, seed, dataset, results_dir, strategy=None, on_step=None
             checkpoint.save(step, rows)
         if on_step:
             on_step(step)
-    write_atomic(path, rows_to_csv(rows))
+    if writer:
+        write_atomic(path, rows_to_csv(rows))
     checkpoint.delete()
     return path
+
+
+def is_chief(strategy):
+    """Whether this process writes results: always, except on the workers of a cluster
+    other than its chief (task "chief", or worker 0 when the cluster names no chief)."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None or not resolver.task_type:
+        return True
+    if resolver.task_type == "chief":
+        return True
+    has_chief = "chief" in resolver.cluster_spec().as_dict()
+    return resolver.task_type == "worker" and resolver.task_id == 0 and not has_chief
 
 
 def reproduce(preset, arms=DEFAULT_ARMS, seeds=None, results_dir="data/results", data_dir=None,
@@ -492,8 +522,7 @@ def reproduce(preset, arms=DEFAULT_ARMS, seeds=None, results_dir="data/results",
     """Runs every (arm, seed) of a preset that has no CSV yet; returns the CSV paths."""
     arms = check_arms(arms)
     seeds = preset.seeds if seeds is None else seeds
-    check_value("seeds", seeds, "a positive integer",
-           lambda v: isinstance(v, numbers.Integral) and v > 0)
+    check_integer("seeds", seeds, "a positive integer", lambda v: v > 0)
     check_settings(Path(results_dir) / preset.name, preset.settings())  # before any work
     dataset = brlib.data.load(preset.dataset, data_dir=data_dir)  # fails before training
     jobs = [(arm, seed) for seed in range(seeds) for arm in arms]

@@ -1,49 +1,28 @@
 """The batch renormalization layer, over whole batches or contiguous microbatches."""
 
-import numbers
 from typing import NamedTuple
 
 import keras
+import numpy as np
 from keras import ops
 
-
-def check_value(name, value, allowed, is_ok):
-    """Raises a ValueError naming `name` and what is `allowed`, unless `is_ok(value)`.
-
-    The one validation helper of brlib's settings: booleans and None never
-    pass, so `True` cannot stand in for 1.
-    """
-    if isinstance(value, bool) or value is None or not is_ok(value):
-        raise ValueError(f"`{name}` must be {allowed}; got {name}={value!r}.")
-
-
-def _check_number(name, value, allowed, is_ok):
-    check_value(name, value, allowed, lambda v: isinstance(v, numbers.Real) and is_ok(v))
+from brlib.validation import check_integer, check_number
 
 
 def check_rmax(rmax):
     """Raises a ValueError unless `rmax` is a number >= 1."""
-    _check_number("rmax", rmax, "a number >= 1 (1 turns r off)", lambda v: v >= 1)
+    check_number("rmax", rmax, "a number >= 1 (1 turns r off)", lambda v: v >= 1)
 
 
 def check_dmax(dmax):
     """Raises a ValueError unless `dmax` is a number >= 0."""
-    _check_number("dmax", dmax, "a number >= 0 (0 turns d off)", lambda v: v >= 0)
+    check_number("dmax", dmax, "a number >= 0 (0 turns d off)", lambda v: v >= 0)
 
 
 def _check_microbatch_size(microbatch_size):
-    if microbatch_size is None:
-        return
-    if isinstance(microbatch_size, bool) or not isinstance(microbatch_size, numbers.Integral):
-        raise ValueError(
-            "`microbatch_size` must be None (normalize the whole batch) or a "
-            f"positive integer; got microbatch_size={microbatch_size!r}."
-        )
-    if microbatch_size <= 0:
-        raise ValueError(
-            "`microbatch_size` must be None or a positive integer; "
-            f"got microbatch_size={microbatch_size!r}."
-        )
+    if microbatch_size is not None:
+        check_integer("microbatch_size", microbatch_size,
+                      "None (normalize the whole batch) or a positive integer", lambda v: v > 0)
 
 
 def clip_corrections(r, d, rmax, dmax):
@@ -106,6 +85,10 @@ def batch_renorm(x, mean_b, sigma_b, mean, stddev, rmax, dmax, gamma=1.0, beta=0
     Reference:
         Sergey Ioffe, "Batch Renormalization", arXiv:1702.03275, Algorithm 1.
     """
+    # NumPy arrays become tensors first: torch cannot mix them with its own.
+    x, mean_b, sigma_b, mean, stddev, gamma, beta = (
+        ops.convert_to_tensor(v) if isinstance(v, np.ndarray) else v
+        for v in (x, mean_b, sigma_b, mean, stddev, gamma, beta))
     r = ops.stop_gradient(sigma_b / stddev)  # r and d are constants for the gradient
     d = ops.stop_gradient((mean_b - mean) / stddev)
     r, d, r_clipped, d_clipped = clip_corrections(r, d, rmax, dmax)
@@ -168,6 +151,24 @@ class BatchRenormalization(keras.layers.Layer):
         gamma_regularizer: Optional regularizer for γ.
         **kwargs: Base `keras.layers.Layer` arguments such as `name`, `dtype`.
 
+    Call arguments:
+        inputs: A tensor of rank >= 2, examples first. In training its batch
+            size must be a multiple of `microbatch_size`.
+        training: True to normalize by the microbatches' statistics, correct
+            by r and d, and update µ and σ; False or None (inference) to
+            normalize by µ and σ alone. A layer with `trainable=False` always
+            runs in inference mode.
+
+    Example:
+
+    >>> import numpy as np
+    >>> import brlib as br
+    >>> layer = br.BatchRenormalization(microbatch_size=2, rmax=1.0, dmax=0.0)
+    >>> x = np.array([[1.0], [3.0], [10.0], [30.0]], dtype="float32")
+    >>> y = layer(x, training=True)   # each pair alone: batch norm over 2 examples
+    >>> np.round(np.asarray(y)[:, 0], 2).tolist()
+    [-1.0, 1.0, -1.0, 1.0]
+
     Reference:
         Sergey Ioffe, "Batch Renormalization: Towards Reducing Minibatch
         Dependence in Batch-Normalized Models", NIPS 2017, arXiv:1702.03275,
@@ -193,10 +194,9 @@ class BatchRenormalization(keras.layers.Layer):
         **kwargs,
     ):
         super().__init__(**kwargs)
-        if isinstance(axis, bool) or not isinstance(axis, numbers.Integral):
-            raise ValueError(f"`axis` must be an integer; got axis={axis!r}.")
-        _check_number("momentum", momentum, "a number in [0, 1]", lambda v: 0 <= v <= 1)
-        _check_number("epsilon", epsilon, "a number > 0", lambda v: v > 0)
+        check_integer("axis", axis, "an integer")
+        check_number("momentum", momentum, "a number in [0, 1]", lambda v: 0 <= v <= 1)
+        check_number("epsilon", epsilon, "a number > 0", lambda v: v > 0)
         check_rmax(rmax)
         check_dmax(dmax)
         _check_microbatch_size(microbatch_size)
@@ -214,14 +214,20 @@ class BatchRenormalization(keras.layers.Layer):
         self.gamma_regularizer = keras.regularizers.get(gamma_regularizer)
         # Scalars that the training step reads, so assigning them between
         # steps changes an already traced function.
-        self.rmax = self._scalar_weight("rmax", float(rmax), self.variable_dtype)
-        self.dmax = self._scalar_weight("dmax", float(dmax), self.variable_dtype)
-        # Diagnostics, kept in float32 whatever the layer's dtype.
-        self.fraction_r_clipped = self._scalar_weight("fraction_r_clipped", 0.0, "float32")
-        self.fraction_d_clipped = self._scalar_weight("fraction_d_clipped", 0.0, "float32")
-        self.skipped_updates = self._scalar_weight("skipped_updates", 0.0, "float32")
+        # Set between steps, identically on every replica: the first replica's value counts.
+        self.rmax = self._scalar_weight("rmax", float(rmax), self.variable_dtype,
+                                        aggregation="only_first_replica")
+        self.dmax = self._scalar_weight("dmax", float(dmax), self.variable_dtype,
+                                        aggregation="only_first_replica")
+        # Diagnostics, kept in float32 whatever the layer's dtype, averaged over replicas.
+        self.fraction_r_clipped = self._scalar_weight("fraction_r_clipped", 0.0, "float32",
+                                                      aggregation="mean")
+        self.fraction_d_clipped = self._scalar_weight("fraction_d_clipped", 0.0, "float32",
+                                                      aggregation="mean")
+        self.skipped_updates = self._scalar_weight("skipped_updates", 0.0, "float32",
+                                                   aggregation="mean")
 
-    def _scalar_weight(self, name, value, dtype):
+    def _scalar_weight(self, name, value, dtype, aggregation):
         return self.add_weight(
             shape=(),
             name=name,
@@ -231,7 +237,7 @@ class BatchRenormalization(keras.layers.Layer):
             dtype=dtype,
             trainable=False,
             autocast=False,
-            aggregation="only_first_replica" if name in ("rmax", "dmax") else "mean",
+            aggregation=aggregation,
         )
 
     def build(self, input_shape):
@@ -261,18 +267,24 @@ class BatchRenormalization(keras.layers.Layer):
         self._broadcast_shape = [1] * (rank + 1)
         self._broadcast_shape[self._grouped_channel_axis] = channels
         shape = (channels,)
-        self.gamma = self._channel_weight("gamma", shape, self.gamma_initializer,
-                                          self.gamma_regularizer) if self.scale else None
-        self.beta = self._channel_weight("beta", shape, self.beta_initializer,
-                                         self.beta_regularizer) if self.center else None
-        self.moving_mean = self._channel_weight("moving_mean", shape,
-                                                self.moving_mean_initializer)
-        self.moving_stddev = self._channel_weight("moving_stddev", shape,
-                                                  self.moving_stddev_initializer)
+        # γ and β are learned; µ and σ are updated by the training step and averaged
+        # across replicas (each replica computes them from its own microbatches).
+        self.gamma = self._channel_weight(
+            "gamma", shape, self.gamma_initializer, trainable=True, aggregation="none",
+            regularizer=self.gamma_regularizer) if self.scale else None
+        self.beta = self._channel_weight(
+            "beta", shape, self.beta_initializer, trainable=True, aggregation="none",
+            regularizer=self.beta_regularizer) if self.center else None
+        self.moving_mean = self._channel_weight(
+            "moving_mean", shape, self.moving_mean_initializer, trainable=False,
+            aggregation="mean")
+        self.moving_stddev = self._channel_weight(
+            "moving_stddev", shape, self.moving_stddev_initializer, trainable=False,
+            aggregation="mean")
         self.input_spec = keras.layers.InputSpec(ndim=rank, axes={channel_axis: channels})
 
-    def _channel_weight(self, name, shape, initializer, regularizer=None):
-        trainable = name in ("gamma", "beta")
+    def _channel_weight(self, name, shape, initializer, trainable, aggregation,
+                        regularizer=None):
         return self.add_weight(
             shape=shape,
             name=name,
@@ -280,7 +292,7 @@ class BatchRenormalization(keras.layers.Layer):
             regularizer=regularizer,
             trainable=trainable,
             autocast=False,
-            aggregation="none" if trainable else "mean",
+            aggregation=aggregation,
         )
 
     def compute_output_shape(self, input_shape):

@@ -8,8 +8,9 @@ ipywidgets containers and work with ipywidgets 7.7 (Colab) and 8.
 import keras
 import numpy as np
 
-from brlib.layers import BatchRenormalization, batch_renorm, check_value, clip_corrections
+from brlib.layers import BatchRenormalization, batch_renorm, clip_corrections
 from brlib.schedule import RenormSchedule
+from brlib.validation import check_integer
 
 REPOSITORY = "brlib-team/brlib"  # GitHub owner/name used by the Colab badges
 
@@ -23,9 +24,8 @@ def colab_url(notebook):
 # Pure functions
 # ---------------------------------------------------------------------------
 def _check_group_size(microbatch_size):
-    check_value("microbatch_size", microbatch_size,
-                "an integer >= 2 (one example has σ_B = √ε)",
-                lambda m: isinstance(m, (int, np.integer)) and m >= 2)
+    check_integer("microbatch_size", microbatch_size,
+                  "an integer >= 2 (one example has σ_B = √ε)", lambda m: m >= 2)
 
 
 def _moments(groups, axes, epsilon):

@@ -17,7 +17,7 @@ preset = experiment.get_preset("quick", **dict(TINY, dropout=0.0, learning_rate=
 def losses(run, steps):
     per_step = []
     for step in steps:
-        run.sums.assign(np.zeros(4, np.float32))
+        run.sums.assign(np.zeros_like(run.sums.numpy()))
         run.train_step(step)
         per_step.append(run.sums.numpy()[0])
     return np.array(per_step)

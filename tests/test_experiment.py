@@ -331,3 +331,60 @@ def test_pairs_run_restored_from_a_checkpoint_continues_as_if_uninterrupted(tmp_
     step, _, _ = experiment.Checkpoint(tmp_path / "r.csv", resumed.checkpoint()).restore()
     assert step == 4
     assert before + rows(resumed, range(4, 8)) == whole
+
+
+def free_ports(count):
+    """Loopback ports that are free now (bound, read, released)."""
+    import socket
+
+    sockets = [socket.socket() for _ in range(count)]
+    for s in sockets:
+        s.bind(("127.0.0.1", 0))
+    ports = [str(s.getsockname()[1]) for s in sockets]
+    for s in sockets:
+        s.close()
+    return ports
+
+
+def test_multi_worker_training_matches_one_process(tmp_path):
+    ports = free_ports(2)
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    shared = tmp_path / "results"
+    workers = [subprocess.Popen([sys.executable, str(TESTS / "run_multiworker.py"), str(i),
+                                 *ports, str(tmp_path / f"worker{i}.npz"), str(shared)],
+                                cwd=TESTS, env=env, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True) for i in range(2)]
+    try:
+        logs = [worker.communicate(timeout=240)[0] for worker in workers]
+    finally:
+        for worker in workers:
+            worker.kill()
+    for worker, log in zip(workers, logs):
+        assert worker.returncode == 0, log[-3000:]
+    saved = [np.load(tmp_path / f"worker{i}.npz") for i in range(2)]
+    variables = [key for key in saved[0].files if key not in ("slice", "minibatch")]
+    assert any(key.endswith("moving_mean") for key in variables)
+    for key in variables:  # every worker holds the same weights and moving statistics
+        np.testing.assert_array_equal(saved[0][key], saved[1][key], err_msg=key)
+    half = len(saved[0]["minibatch"]) // 2  # and each replica received its own contiguous half
+    np.testing.assert_array_equal(saved[0]["slice"], saved[0]["minibatch"][:half])
+    np.testing.assert_array_equal(saved[1]["slice"], saved[1]["minibatch"][half:])
+
+    # The chief alone wrote the finished run, and no checkpoint or partial CSV is left.
+    written = sorted(p.name for p in (shared / "quick").iterdir())
+    assert written == ["batchrenorm_seed1.csv", "settings.json"]
+    assert len(results.read_csv(shared / "quick" / "batchrenorm_seed1.csv")) == 6
+
+    # One process over the same minibatches, with every microbatch normalized on its own.
+    # (SGD: Adam would turn the rounding noise of the all-reduce on gradients that are
+    # zero in exact arithmetic, such as a bias before normalization, into full steps.)
+    preset = experiment.get_preset("quick", **dict(TINY, dropout=0.0, optimizer="sgd",
+                                                   learning_rate=0.05))
+    single = experiment.Run(preset, "batchrenorm", 0, tiny_data())
+    for step in range(6):
+        single.train_step(step)
+    for layer in single.model.layers:
+        for variable in layer.variables:
+            key = f"{layer.name}/{variable.name}"
+            np.testing.assert_allclose(saved[0][key], variable.numpy(), rtol=1e-4, atol=1e-5,
+                                       err_msg=key)

@@ -17,7 +17,9 @@ def package_name(requirement):
 def test_environment_yml_lists_the_packages_of_pyproject():
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     wanted = {package_name(r) for r in project["dependencies"]}
-    wanted |= {package_name(r) for r in project["optional-dependencies"]["notebooks"]}
+    extras = project["optional-dependencies"]
+    wanted |= {package_name(r) for r in extras["notebooks"] + extras["tensorflow"]
+               if not r.startswith("brlib")}
 
     environment = yaml.safe_load((ROOT / "environment.yml").read_text())
     listed, pip_section = set(), []
@@ -27,5 +29,5 @@ def test_environment_yml_lists_the_packages_of_pyproject():
         else:
             listed.add(package_name(entry.split("=")[0]))
     listed |= {package_name(r) for r in pip_section if not r.startswith("-e")}
-    assert "-e ." in pip_section, "environment.yml must install brlib itself"
+    assert "-e .[tensorflow]" in pip_section, "environment.yml must install brlib itself"
     assert listed - {"python", "pip"} == wanted

@@ -1,10 +1,19 @@
 """brlib._startup: TensorFlow's C++ start-up lines are dropped unless asked for, and nothing else."""
 
+import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
+import keras
+import pytest
+
+import brlib
 from brlib import _startup
+
+BACKEND = keras.backend.backend()
+STARTUP = Path(_startup.__file__)
 
 
 def import_brlib(level):
@@ -17,6 +26,7 @@ def import_brlib(level):
     return done.stderr
 
 
+@pytest.mark.skipif(BACKEND != "tensorflow", reason="TensorFlow's own start-up lines")
 def test_start_up_lines_go_unless_info_is_asked_for():
     loud = import_brlib("0")
     assert "absl::InitializeLog" in loud  # TensorFlow does print them here
@@ -33,3 +43,35 @@ def test_only_start_up_lines_match():
     for kept in ("Traceback (most recent call last):", "E0000 00:00:1 1 x.cc:1] failed",
                  "W0000 00:00:1 1 x.cc:1] a warning", "ImportError: libcudart.so.12"):
         assert not _startup.STARTUP_LINE.fullmatch(kept)
+
+
+def intended_backend(env):
+    """`_startup.intended_backend()` in a fresh process where Keras is not imported."""
+    code = ("import importlib.util, sys\n"
+            f"spec = importlib.util.spec_from_file_location('startup', {str(STARTUP)!r})\n"
+            "module = importlib.util.module_from_spec(spec); spec.loader.exec_module(module)\n"
+            "assert 'keras' not in sys.modules\n"
+            "print(module.intended_backend())")
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 0, done.stderr
+    return done.stdout.strip()
+
+
+def test_intended_backend_follows_keras_own_rules(tmp_path):
+    base = {k: v for k, v in os.environ.items() if k not in ("KERAS_BACKEND", "KERAS_HOME")}
+    home = tmp_path / "keras_home"
+    home.mkdir()
+    assert intended_backend(dict(base, KERAS_HOME=str(home))) == "tensorflow"  # no keras.json
+    (home / "keras.json").write_text(json.dumps({"backend": "torch"}))
+    assert intended_backend(dict(base, KERAS_HOME=str(home))) == "torch"
+    assert intended_backend(dict(base, KERAS_HOME=str(home), KERAS_BACKEND="jax")) == "jax"
+
+
+@pytest.mark.skipif(BACKEND == "tensorflow", reason="checks a backend other than TensorFlow")
+def test_other_backends_never_import_tensorflow():
+    assert "tensorflow" not in sys.modules
+    assert brlib.BatchRenormalization(microbatch_size=2)(
+        keras.ops.ones((4, 3)), training=True).shape == (4, 3)
+    with pytest.raises(ImportError, match=f"TensorFlow backend.*running on '{BACKEND}'"):
+        brlib.experiment  # noqa: B018
