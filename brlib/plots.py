@@ -76,12 +76,9 @@ def figure2(results, title, last=1):
 
 # Ioffe (2017), Figure 3: ImageNet, Inception-v3, minibatches of 16 pairs of one label per
 # worker of 32; the i.i.d. batch-norm number is Figure 1's baseline.
-REFERENCE_NONIID = [("paper, batchnorm, validation", "67.0"),
-                    ("paper, batchnorm, training", "72.8"),
-                    ("paper, batchnorm, minibatch stats", "76.5"),
-                    ("paper, batchnorm, two halves", "77.4"),
-                    ("paper, batch renorm", "78.6"),
-                    ("paper, batchnorm, i.i.d.", "78.3")]
+REFERENCE_NONIID = [("paper, BN, validation", "67.0"), ("paper, BN, training", "72.8"),
+                    ("paper, BN, minibatch stats", "76.5"), ("paper, BN, two halves", "77.4"),
+                    ("paper, batch renorm", "78.6"), ("paper, BN, i.i.d.", "78.3")]
 PANELS_NONIID = [("val_accuracy", "test accuracy (%), moving averages", False),
                  ("val_accuracy_minibatch_stats",
                   "test accuracy (%), minibatch statistics on paired test groups", False),
