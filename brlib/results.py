@@ -100,7 +100,9 @@ def write_atomic(path, payload):
     """Writes bytes to `path` through a temporary file and a rename."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.tmp")
+    # One temporary name per process, so that two writers (the workers of a cluster
+    # recording the same settings) never move each other's file.
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     with open(temporary, "wb") as handle:
         handle.write(payload)
         handle.flush()
