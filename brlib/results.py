@@ -110,6 +110,14 @@ def write_atomic(path, payload):
     os.replace(temporary, path)
 
 
+def committed_results():
+    """The directory of the committed results: the checkout's data/results, else the copy
+    that ships inside the installed package (as in Colab, without a clone)."""
+    here = Path(__file__).resolve().parent
+    checkout = here.parent / "data" / "results"
+    return checkout if checkout.is_dir() else here / "committed_results"
+
+
 def result_path(results_dir, preset_name, arm, seed):
     return Path(results_dir) / preset_name / f"{arm}_seed{seed}.csv"
 

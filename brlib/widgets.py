@@ -10,13 +10,17 @@ import numpy as np
 
 from brlib.layers import BatchRenormalization, batch_renorm, clip_corrections
 from brlib.schedule import RenormSchedule
+from brlib._metadata import DISTRIBUTION, repository
 from brlib.validation import check_integer
 
-REPOSITORY = "brlib-team/brlib"  # GitHub owner/name used by the Colab badges
+REPOSITORY = repository()  # GitHub owner/name, from [project.urls] in pyproject.toml
 
 
 def colab_url(notebook):
     """The Colab address of a notebook of this repository."""
+    if REPOSITORY is None:
+        raise RuntimeError(f"brlib is not installed as `{DISTRIBUTION}`, so its repository "
+                           "is unknown; install it with `pip install -e .`.")
     return f"https://colab.research.google.com/github/{REPOSITORY}/blob/main/notebooks/{notebook}"
 
 
