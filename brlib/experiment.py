@@ -24,8 +24,8 @@ if keras.backend.backend() != "tensorflow":
     raise ImportError(
         "brlib.experiment (the experiment runner) needs Keras's TensorFlow backend; Keras is "
         f"running on {keras.backend.backend()!r}. Set KERAS_BACKEND=tensorflow and install "
-        "TensorFlow (pip install 'brlib[tensorflow]'). The layer, the schedule and "
-        "recalibration work on every backend.")
+        "TensorFlow (pip install 'batch-renorm-taught[tensorflow]'). The layer, the schedule "
+        "and recalibration work on every backend.")
 
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
