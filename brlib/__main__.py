@@ -28,7 +28,8 @@ def _parser():
         ".svg (figure3_<preset> for the noniid presets)")
     figure.add_argument("--preset", required=True)
     figure.add_argument("--arms", nargs="+", help=f"arms to draw (the table lists every arm "
-                        f"with results); default: {' '.join(DEFAULT_ARMS)}")
+                        f"with results); default: {' '.join(DEFAULT_ARMS)} (noniid presets: "
+                        f"{' '.join(NONIID_ARMS)})")
     figure.add_argument("--results-dir", default="data/results")
     figure.add_argument("--figures-dir", default="figures")
     return parser

@@ -408,16 +408,18 @@ class Run:
         before = recalibration.snapshot(self.layers)
         correct = 0
         groups = self.test_pairs
-        for start in range(0, len(groups), groups_per_call):
-            picks = groups[start:start + groups_per_call].ravel()
-            logits = self._forward_batch_statistics(self.x_test[picks])
-            correct += int(np.sum(np.argmax(logits, axis=-1) == self.y_test[picks]))
-        recalibration.restore_layers(self.layers, before)
+        try:
+            for start in range(0, len(groups), groups_per_call):
+                picks = groups[start:start + groups_per_call].ravel()
+                logits = self._forward_batch_statistics(self.x_test[picks])
+                correct += int(np.sum(np.argmax(logits, axis=-1) == self.y_test[picks]))
+        finally:  # as `recalibrated` does: the run continues from the state it had
+            recalibration.restore_layers(self.layers, before)
         return correct / groups.size
 
     def row(self, step, wall_seconds):
         loss, r, d, count, correct = (float(v) for v in self.sums.numpy())
-        self.sums.assign(np.zeros(5, np.float32))
+        self.sums.assign(tf.zeros_like(self.sums))
         accuracy, val_loss = self.evaluate()
         recalibrated_accuracy, recalibrated_loss = self.evaluate_recalibrated()
         row = {"step": step, "val_accuracy": accuracy, "val_loss": val_loss,

@@ -26,7 +26,7 @@ def final_accuracy(values, last=1):
     return final.mean(), (final.std(ddof=1) if len(final) > 1 else 0.0)
 
 
-def _curves(ax, results, column, scale, last, dashed=False):
+def _curves(ax, results, column, scale, last):
     """Per arm, the seed mean of `column` with its 95 % confidence band."""
     for arm, curves in results.items():
         if column not in curves.columns:
@@ -36,8 +36,7 @@ def _curves(ax, results, column, scale, last, dashed=False):
         if column != "train_loss":
             final, sd = final_accuracy(curves[column], last)
             label += f" ({final:.1f}% ± {sd:.1f}, {len(curves.seeds)} seeds)"
-        ax.plot(curves.steps, mean, color=ARMS[arm].color, label=label,
-                ls="--" if dashed else "-")
+        ax.plot(curves.steps, mean, color=ARMS[arm].color, label=label)
         ax.fill_between(curves.steps, mean - half, mean + half, color=ARMS[arm].color, alpha=0.2)
     ax.grid(alpha=0.3)
     ax.legend(loc="upper right" if column == "train_loss" else "lower right", fontsize=7,
@@ -79,10 +78,10 @@ def figure2(results, title, last=1):
 REFERENCE_NONIID = [("paper, BN, validation", "67.0"), ("paper, BN, training", "72.8"),
                     ("paper, BN, minibatch stats", "76.5"), ("paper, BN, two halves", "77.4"),
                     ("paper, batch renorm", "78.6"), ("paper, BN, i.i.d.", "78.3")]
-PANELS_NONIID = [("val_accuracy", "test accuracy (%), moving averages", False),
+PANELS_NONIID = [("val_accuracy", "test accuracy (%), moving averages"),
                  ("val_accuracy_minibatch_stats",
-                  "test accuracy (%), minibatch statistics on paired test groups", False),
-                 ("train_accuracy", "training accuracy (%), training mode", False)]
+                  "test accuracy (%), minibatch statistics on paired test groups"),
+                 ("train_accuracy", "training accuracy (%), training mode")]
 
 
 def figure3(results, title, last=1):
@@ -96,7 +95,7 @@ def figure3(results, title, last=1):
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 4, figsize=(18, 4.8), width_ratios=[3, 3, 3, 1.8])
-    for ax, (column, ylabel, _) in zip(axes, PANELS_NONIID):
+    for ax, (column, ylabel) in zip(axes, PANELS_NONIID):
         _curves(ax, results, column, 100, last)
         ax.set(xlabel="training step", ylabel=ylabel)
     for arm, curves in results.items():
