@@ -82,7 +82,13 @@ def test_a_notebook_with_another_address_is_caught():
 def test_committed_results_ship_inside_the_package():
     settings = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
     assert settings["package-dir"]["brlib.committed_results"] == "data/results"
-    assert "brlib.committed_results" in settings["packages"]
+    presets = {path.name for path in (ROOT / "data" / "results").iterdir() if path.is_dir()}
+    shipped = {name.rpartition(".")[2] for name in settings["packages"]
+               if name.startswith("brlib.committed_results.")}
+    assert shipped == presets  # a preset's results missing here would not reach Colab
+    for preset in presets:
+        assert settings["package-data"][f"brlib.committed_results.{preset}"] == [
+            "*.csv", "settings.json"]
     from brlib import results
 
     assert results.committed_results() == ROOT / "data" / "results"
