@@ -18,11 +18,18 @@ def _parser():
                           f"{' '.join(NONIID_ARMS)}); all: {' '.join(ARMS)}")
     run.add_argument("--steps", type=int, help="override the preset's training steps")
     run.add_argument("--eval-every", type=int, help="override the evaluation interval")
+    run.add_argument("--threads", type=int, help="override the preset's CPU threads per run "
+                     "(results reproduce bit for bit only at one count; default 1)")
+    run.add_argument("--jobs", type=int, help="runs trained at once, each in a process of its "
+                     "own (default: the machine's cores, at most the runs left)")
     run.add_argument("--results-dir", default="data/results")
     run.add_argument("--data-dir", help="directory with the dataset's files")
     run.add_argument("--multi-worker", action="store_true",
                      help="train with tf.distribute.MultiWorkerMirroredStrategy: start one such "
                           "command per worker, each with its TF_CONFIG; only the chief writes")
+    run.add_argument("--collective-timeout", type=float, default=300.0,
+                     help="with --multi-worker: seconds a collective operation may wait for the "
+                          "other workers before the run stops with an error (default 300)")
     figure = commands.add_parser(
         "figure", help="print the paired differences and draw figures/figure2_<preset>.png and "
         ".svg (figure3_<preset> for the noniid presets)")
@@ -38,14 +45,15 @@ def _parser():
 def reproduce(args):
     from brlib import experiment
 
-    preset = experiment.get_preset(args.preset, steps=args.steps, eval_every=args.eval_every)
+    preset = experiment.get_preset(args.preset, steps=args.steps, eval_every=args.eval_every,
+                                   threads=args.threads)
     strategy = None
     if args.multi_worker:
-        import tensorflow as tf
-
-        strategy = tf.distribute.MultiWorkerMirroredStrategy()  # the cluster from TF_CONFIG
+        experiment.fix_threads(preset.threads)  # before the strategy starts TensorFlow
+        strategy = experiment.multi_worker_strategy(args.collective_timeout)
     paths = experiment.reproduce(preset, args.arms or default_arms(preset.sampling), args.seeds,
-                                 args.results_dir, args.data_dir, strategy=strategy)
+                                 args.results_dir, args.data_dir, strategy=strategy,
+                                 jobs=args.jobs)
     print(f"\n{len(paths)} result files in {os.path.join(args.results_dir, preset.name)}")
 
 
@@ -64,6 +72,9 @@ def figure(args):
     print(f"Preset '{args.preset}': final accuracy = mean of the last {last} evaluation(s) per "
           "seed; differences are paired by seed, with 95 % t-intervals, in points.\n")
     print(results.format_table(loaded, last))
+    print("\nWithin each arm, paired by seed (points): the train/inference mismatch, and the lag "
+          "of the moving averages.\n")
+    print(results.format_mismatch_table(loaded, last))
     shown = {arm: curves for arm, curves in loaded.items() if arm in drawn}
     if not shown:
         raise FileNotFoundError(f"no results of the arms {list(drawn)} to draw")
@@ -82,9 +93,13 @@ def main(argv=None):
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     try:
         (reproduce if args.command == "reproduce" else figure)(args)
-    except (ValueError, FileNotFoundError) as error:
+    except (ValueError, FileNotFoundError, RuntimeError) as error:  # incl. a failed or lost run
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("\nstopped: finished runs are kept; the same command resumes the others from "
+              "their last checkpoint", file=sys.stderr)
+        return 130
     return 0
 
 

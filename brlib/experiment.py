@@ -3,19 +3,29 @@
 Every training step draws a minibatch, from a shuffle that changes every
 epoch (Figure 2) or as groups of pairs of one label each (Figure 3, see
 `brlib.sampling`); the gradient is taken over the whole minibatch, while
-normalization runs over contiguous microbatches of it. Every `eval_every` steps the
-inference model is scored twice on the test split: with its moving averages,
-and recalibrated (µ and σ recomputed with the weights frozen, see
-`brlib.recalibrate`). Each (preset, arm, seed) writes one CSV, atomically,
-into a directory that records the preset's settings; an interrupted run
-resumes from its checkpoint, and finished runs of the same settings are
-skipped.
+normalization runs over contiguous microbatches of it. Every `eval_every`
+steps the test split is scored three times: by the inference model with its
+moving averages, by the same model recalibrated (µ and σ recomputed with the
+weights frozen, see `brlib.recalibrate`), and in training mode with every
+test group normalized by its own statistics, which measures the
+train/inference mismatch. Each (preset, arm, seed) writes one CSV,
+atomically, into a directory that records the preset's settings; an
+interrupted run resumes from its checkpoint, finished runs of the same
+settings are skipped, and a lock per run keeps two commands from training
+the same run. `reproduce` trains each run in a process of its own, several
+at a time, each with a fixed number of threads, so a run's results do not
+depend on how many ran beside it.
 """
 
 import dataclasses
+import multiprocessing
+import os
+import queue
 import shutil
+import signal
 import tempfile
 import time
+import traceback
 from pathlib import Path
 
 import keras
@@ -29,19 +39,25 @@ if keras.backend.backend() != "tensorflow":
 
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
+from filelock import FileLock, Timeout  # noqa: E402
 
 import brlib.data  # noqa: E402
 from brlib.layers import BatchRenormalization  # noqa: E402
 from brlib import recalibration  # noqa: E402
 from brlib.models import seed_convnet  # noqa: E402
 from brlib.recalibration import recalibrated  # noqa: E402
-from brlib.results import (ARMS, BASELINE_GROUP, COLUMNS, DEFAULT_ARMS, check_arms,  # noqa: E402,F401
-                           check_settings, default_arms, read_csv, result_path, rows_to_csv,
-                           write_atomic)
+from brlib.results import (ARMS, BASELINE_GROUP, COLUMNS, DEFAULT_ARMS,  # noqa: E402,F401
+                           SETTINGS_FILE, check_arms, check_settings, default_arms, read_csv,
+                           record_settings, result_path, rows_to_csv, write_atomic)
 from brlib.sampling import (WORKER, epoch_order, indices_by_class, paired_batches,  # noqa: E402
-                            paired_minibatch)
+                            paired_minibatch, test_order)
 from brlib.schedule import RenormSchedule, renorm_layers  # noqa: E402
 from brlib.validation import check_integer, check_number  # noqa: E402
+
+
+# CPU threads per run unless a preset says otherwise: one, so that as many runs as
+# there are cores train side by side (`reproduce --jobs`) with the same results.
+DEFAULT_THREADS = 1
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,6 +71,9 @@ class Preset:
     accuracy of a run is the mean of its last `final_evaluations` evaluations.
     `sampling` is "iid" (shuffled epochs) or "pairs" (the paper's Figure 3:
     groups of 32 made of 16 pairs of one label each, see `brlib.sampling`).
+    `threads` is the number of CPU threads TensorFlow gives each run (intra-
+    and inter-op): TensorFlow's CPU kernels split their sums by thread, so
+    results are reproducible, bit for bit, only at a fixed count.
     """
 
     name: str
@@ -80,6 +99,7 @@ class Preset:
     recalibration_batches: int = 10
     final_evaluations: int = 1
     sampling: str = "iid"
+    threads: int = DEFAULT_THREADS
 
     def schedule(self, ramp=True):
         """The rmax/dmax schedule; without `ramp`, the final values from step 0."""
@@ -103,7 +123,7 @@ class Preset:
 
     def validate(self):
         positive = ("minibatch_size", "microbatch_size", "steps", "eval_every", "seeds",
-                    "recalibration_batches", "final_evaluations")
+                    "recalibration_batches", "final_evaluations", "threads")
         for name in positive:
             check_integer(name, getattr(self, name), "a positive integer", lambda v: v > 0)
         for name in ("learning_rate", "alpha"):
@@ -139,11 +159,6 @@ class Preset:
         if self.sampling == "pairs" and self.minibatch_size % WORKER:
             raise ValueError(f"`minibatch_size`={self.minibatch_size} must be a multiple of "
                              f"{WORKER}, the size of a group of pairs.")
-        if self.sampling == "pairs" and self.dropout:
-            raise ValueError(
-                f"`dropout` must be 0 when `sampling`='pairs'; got dropout={self.dropout}. The "
-                "accuracy with minibatch statistics runs the model in training mode, which "
-                "would apply dropout too.")
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"`optimizer` must be one of {sorted(OPTIMIZERS)}; "
                              f"got optimizer={self.optimizer!r}.")
@@ -285,8 +300,8 @@ class Run:
         self._train = tf.function(self._distributed_step)
         self._predict = tf.function(lambda x: self.model(x, training=False))
         # Training mode on test groups; the layers' state is put back after each evaluation.
-        self._forward_batch_statistics = tf.function(lambda x: self.model(x, training=True))
-        self.test_pairs = self._test_pairs() if preset.sampling == "pairs" else None
+        self._forward_batch_statistics = tf.function(self._normalize_by_batch)
+        self.test_groups = self._test_groups()
         # Traced inside `recalibrate` only, where the layers' update rate is 1.
         self._forward = tf.function(lambda x: self.model(x, training=True))
 
@@ -394,28 +409,60 @@ class Run:
         with recalibrated(self.model, self.calibration_batches, self._forward):
             return self.evaluate()
 
-    def _test_pairs(self):
-        """Test groups built as the training groups are (16 pairs of one label), fixed per run."""
-        return paired_batches(indices_by_class(self.y_test), self.seed, len(self.x_test) // WORKER)
+    def _test_groups(self):
+        """Test indices in groups drawn as the arm's training groups are, fixed per run.
 
-    def evaluate_minibatch_statistics(self, groups_per_call=32):
-        """Accuracy with each paired test group normalized by its own statistics.
-
-        The paper's first batch-norm control for Figure 3: the trained model in
-        training mode, on test batches built like the training groups. The
-        layers' state (moving statistics, diagnostics) is put back afterwards.
+        Paired presets: groups of 32 made of 16 pairs of one label (the paper's
+        Figure 3 control; the halves arm normalizes each half of a group).
+        I.i.d. presets: the test split shuffled once per seed and cut into
+        groups of the arm's own size, the last one filled from the start.
+        Returns an array of shape (groups, group size).
         """
+        if self.preset.sampling == "pairs":
+            return paired_batches(indices_by_class(self.y_test), self.seed,
+                                  len(self.x_test) // WORKER)
+        group = group_size(self.arm, self.preset)
+        return test_order(self.seed, len(self.x_test), group).reshape(-1, group)
+
+    def _normalize_by_batch(self, images):
+        """The model with its normalization layers in training mode and nothing else.
+
+        Each group is normalized by its own statistics (and the moving
+        statistics move; callers put them back), while Dropout stays off, so
+        the accuracy measures normalization alone. The runner's network is a
+        chain, so its layers are called one after the other.
+        """
+        x = images
+        for layer in self.model.layers[1:]:  # after the InputLayer
+            normalizes = isinstance(layer, (BatchRenormalization,
+                                            keras.layers.GroupNormalization))
+            x = layer(x, training=normalizes)
+        return x
+
+    def evaluate_minibatch_statistics(self, groups_per_call=None):
+        """Test accuracy of the model in training mode, every test group normalized on its own.
+
+        The direct measure of the train/inference mismatch when set beside
+        `evaluate` (the paper's first batch-norm control for Figure 3, there on
+        paired groups). With i.i.d. groups, each test example is scored once,
+        the few repeated to fill the last group excepted. The layers' state
+        (moving statistics, diagnostics) is put back afterwards.
+        """
+        groups = self.test_groups
+        groups_per_call = groups_per_call or max(1024 // groups.shape[1], 1)
+        scored = min(groups.size, len(self.x_test))  # the filler of the last group is not scored
         before = recalibration.snapshot(self.layers)
         correct = 0
-        groups = self.test_pairs
         try:
             for start in range(0, len(groups), groups_per_call):
                 picks = groups[start:start + groups_per_call].ravel()
                 logits = self._forward_batch_statistics(self.x_test[picks])
-                correct += int(np.sum(np.argmax(logits, axis=-1) == self.y_test[picks]))
+                hits = np.argmax(logits, axis=-1) == self.y_test[picks]
+                position = start * groups.shape[1] + np.arange(len(picks))
+                correct += int(np.sum(hits[position < scored]))
         finally:  # as `recalibrated` does: the run continues from the state it had
             recalibration.restore_layers(self.layers, before)
-        return correct / groups.size
+        return correct / scored
 
     def row(self, step, wall_seconds):
         loss, r, d, count, correct = (float(v) for v in self.sums.numpy())
@@ -426,10 +473,9 @@ class Run:
                "val_accuracy_recalibrated": recalibrated_accuracy,
                "val_loss_recalibrated": recalibrated_loss,
                "train_loss": loss / max(count, 1), "r_clipped": r / max(count, 1),
-               "d_clipped": d / max(count, 1), "wall_seconds": round(wall_seconds, 2)}
-        if self.test_pairs is not None:
-            row["train_accuracy"] = correct / max(count * self.preset.minibatch_size, 1)
-            row["val_accuracy_minibatch_stats"] = self.evaluate_minibatch_statistics()
+               "d_clipped": d / max(count, 1), "wall_seconds": round(wall_seconds, 2),
+               "train_accuracy": correct / max(count * self.preset.minibatch_size, 1),
+               "val_accuracy_minibatch_stats": self.evaluate_minibatch_statistics()}
         return row
 
 
@@ -473,38 +519,166 @@ class Checkpoint:
             self.partial.unlink(missing_ok=True)
 
 
-def run_one(preset, arm, seed, dataset, results_dir, strategy=None, on_step=None):
+class RunBusy(RuntimeError):
+    """Another process holds the run's lock: it is training that run now."""
+
+
+class RunFailed(RuntimeError):
+    """A run failed in its training process; the message holds that process's traceback."""
+
+
+class WorkerLost(RuntimeError):
+    """A worker of a multi-worker cluster stopped answering in the middle of a run."""
+
+
+# What TensorFlow's collectives raise when a peer is gone: the health check aborts them
+# (UnavailableError), or the collective timeout runs out (DeadlineExceededError).
+CLUSTER_ERRORS = (tf.errors.UnavailableError, tf.errors.DeadlineExceededError,
+                  tf.errors.CancelledError, tf.errors.AbortedError)
+
+
+def fix_threads(threads):
+    """Gives this process's TensorFlow `threads` CPU threads (intra- and inter-op).
+
+    TensorFlow's CPU kernels split their sums between threads, so a result
+    depends, in its last bits, on the thread count. A count can only be set
+    before TensorFlow starts; a process already running with another count
+    gets a ValueError that says so.
+    """
+    check_integer("threads", threads, "a positive integer", lambda v: v > 0)
+    now = (tf.config.threading.get_intra_op_parallelism_threads(),
+           tf.config.threading.get_inter_op_parallelism_threads())
+    if now == (threads, threads):
+        return
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+        tf.config.threading.set_inter_op_parallelism_threads(threads)
+    except RuntimeError as error:
+        raise ValueError(
+            f"`threads`={threads}: this process's TensorFlow already runs with "
+            f"{now[0] or 'its default number of'} threads, and the count can only be set before "
+            "TensorFlow starts. Use reproduce() (python -m brlib reproduce), which trains each "
+            f"run in a process of its own, or call brlib.experiment.fix_threads({threads}) "
+            "first in a fresh process.") from error
+
+
+def _lock_path(result_csv):
+    path = Path(result_csv)
+    return path.with_name(f".{path.stem}.lock")
+
+
+def run_one(preset, arm, seed, dataset, results_dir, strategy=None, on_step=None, wait=True):
     """Runs one (preset, arm, seed) to the end, resuming from its checkpoint.
 
-    Returns the path of the finished CSV. The preset's settings are recorded
-    in (or checked against) the results directory first, so a finished CSV
-    is skipped only when it was made with the same settings.
-    `on_step(step)` is called after every training step (progress bars).
+    Returns the path of the finished CSV. A finished CSV is skipped only when
+    the results directory records the same settings; the settings are
+    recorded when the run starts, so a run that fails before its first step
+    leaves nothing behind. While it trains, the run holds a lock beside its
+    CSV: another process that reaches the same run waits for it and then
+    returns its CSV (`wait=True`), or raises `RunBusy` (`wait=False`).
+
+    Args:
+        preset: A validated `Preset`.
+        arm: A name from `brlib.results.ARMS`.
+        seed: The run's seed: initial weights, minibatches, test groups.
+        dataset: ((x_train, y_train), (x_test, y_test)).
+        results_dir: The results root; the CSV goes to `<root>/<preset>/`.
+        strategy: A tf.distribute strategy, e.g. MultiWorkerMirroredStrategy, whose
+            chief alone writes files; None for this process's default.
+        on_step: Called with the step number after every training step.
+        wait: Whether to wait for a run that another process is training.
+
+    Raises:
+        WorkerLost: under multi-worker training, when a worker stops answering.
     """
     check_arms([arm])
-    check_settings(Path(results_dir) / preset.name, preset.settings())
+    directory = Path(results_dir) / preset.name
+    check_settings(directory, preset.settings())
     path = result_path(results_dir, preset.name, arm, seed)
     if path.exists():
         return path
+    fix_threads(preset.threads)
     tf.config.experimental.enable_op_determinism()
     run = Run(preset, arm, seed, dataset, strategy)
     writer = is_chief(run.strategy)
+    if not writer:  # the chief holds the lock; the other workers train beside it
+        return _train(run, path, writer, on_step)
+    created = not directory.exists()
+    directory.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(_lock_path(path))
+    try:
+        lock.acquire(timeout=-1 if wait else 0)
+    except Timeout:
+        raise RunBusy(f"{path.name} is being trained by another process") from None
+    try:
+        if path.exists():  # the other process finished it while this one waited
+            return path
+        record_settings(directory, preset.settings())  # the run starts now
+        return _train(run, path, writer, on_step)
+    except BaseException:
+        if created:  # a run that stopped before its first checkpoint leaves nothing behind
+            leftovers = {p.name for p in directory.iterdir()} - {_lock_path(path).name,
+                                                                  SETTINGS_FILE}
+            if not leftovers:
+                shutil.rmtree(directory, ignore_errors=True)
+        raise
+    finally:
+        if path.exists():  # finished: the lock file goes too (waiters find the CSV)
+            _lock_path(path).unlink(missing_ok=True)
+        lock.release()
+
+
+def _train(run, path, writer, on_step):
+    """Trains `run` from its last checkpoint to the end and writes its CSV (from the chief)."""
+    preset = run.preset
     checkpoint = Checkpoint(path, run.checkpoint(), writer)
     step, rows, wall_before = checkpoint.restore() or (0, [], 0.0)
     started = time.perf_counter()
-    while step < preset.steps:
-        run.train_step(step)
-        step += 1
-        if step % preset.eval_every == 0 or step == preset.steps:
-            wall = wall_before + time.perf_counter() - started
-            rows.append(run.row(step, wall))
-            checkpoint.save(step, rows)
-        if on_step:
-            on_step(step)
+    try:
+        while step < preset.steps:
+            run.train_step(step)
+            step += 1
+            if step % preset.eval_every == 0 or step == preset.steps:
+                wall = wall_before + time.perf_counter() - started
+                rows.append(run.row(step, wall))
+                checkpoint.save(step, rows)
+            if on_step:
+                on_step(step)
+    except CLUSTER_ERRORS as error:
+        saved = rows[-1]["step"] if rows else 0
+        raise WorkerLost(
+            f"a worker of the cluster stopped answering after step {step} of {path.name} "
+            f"({type(error).__name__}: {_first_cause(error)}). Nothing was "
+            f"written as finished; the last checkpoint is at step {saved}. Start every worker "
+            "again with the same command: the run resumes from the chief's last "
+            "checkpoint.") from error
     if writer:
         write_atomic(path, rows_to_csv(rows))
     checkpoint.delete()
     return path
+
+
+def multi_worker_strategy(collective_timeout=300.0):
+    """A MultiWorkerMirroredStrategy over the cluster in TF_CONFIG that cannot hang forever.
+
+    When a worker dies, the others would wait in their next all-reduce.
+    TensorFlow's health check probes the peers every 30 s and aborts the
+    collectives when one does not answer; `collective_timeout` (seconds) also
+    bounds every collective operation, so a survivor raises within that
+    time at most, and `run_one` turns it into a `WorkerLost` error. Keep it
+    well above a step's duration.
+    """
+    check_number("collective_timeout", collective_timeout, "a number of seconds > 0",
+                 lambda v: v > 0)
+    options = tf.distribute.experimental.CommunicationOptions(timeout_seconds=collective_timeout)
+    return tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
+
+
+def _first_cause(error, longest=300):
+    """The informative line of a TensorFlow error: its message, not the traceback before it."""
+    lines = [line.strip() for line in str(error.message if hasattr(error, "message") else error)
+             .splitlines() if line.strip()]
+    return (lines[-1] if lines else type(error).__name__)[:longest]
 
 
 def is_chief(strategy):
@@ -520,48 +694,153 @@ def is_chief(strategy):
 
 
 def reproduce(preset, arms=DEFAULT_ARMS, seeds=None, results_dir="data/results", data_dir=None,
-              strategy=None, verbose=True):
-    """Runs every (arm, seed) of a preset that has no CSV yet; returns the CSV paths."""
+              strategy=None, jobs=None, verbose=True, dataset=None):
+    """Runs every (arm, seed) of a preset that has no CSV yet; returns the CSV paths.
+
+    Each run trains in a process of its own with `preset.threads` threads,
+    `jobs` runs at a time, so its results are the same bit for bit whatever
+    ran beside it. One progress bar counts the steps of all runs. Ctrl-C
+    stops every run: finished runs are kept, unfinished ones resume from their
+    last checkpoint next time. With a `strategy` (multi-worker training), the
+    runs train here, one after another, on the cluster.
+
+    Args:
+        preset: A validated `Preset`.
+        arms: Arm names; the default is Figure 2's three.
+        seeds: How many seeds, 0 … seeds − 1; default the preset's.
+        results_dir: The results root.
+        data_dir: Where the dataset's files are; see `brlib.data.load`.
+        strategy: A tf.distribute strategy to train every run with, in this process.
+        jobs: Runs trained at once; default the machine's cores, at most the runs left.
+        verbose: Whether to show the progress bar.
+        dataset: ((x_train, y_train), (x_test, y_test)) to train on instead of
+            loading `preset.dataset`, for data of your own (each training process
+            gets a copy). The results directory still records the preset's settings.
+    """
     arms = check_arms(arms)
     seeds = preset.seeds if seeds is None else seeds
     check_integer("seeds", seeds, "a positive integer", lambda v: v > 0)
+    if jobs is not None:
+        check_integer("jobs", jobs, "a positive integer", lambda v: v > 0)
+    if strategy is not None and jobs not in (None, 1):
+        raise ValueError(f"`jobs` must be 1 with a `strategy`; got jobs={jobs}. Under "
+                         "multi-worker training the workers are the processes.")
     check_settings(Path(results_dir) / preset.name, preset.settings())  # before any work
-    dataset = brlib.data.load(preset.dataset, data_dir=data_dir)  # fails before training
-    jobs = [(arm, seed) for seed in range(seeds) for arm in arms]
-    todo = [job for job in jobs if not result_path(results_dir, preset.name, *job).exists()]
-    progress = Progress(len(todo) * preset.steps) if verbose else None
-    paths = []
-    for arm, seed in jobs:
-        pending = (arm, seed) in todo
-        if pending and progress:
-            progress.label = f"{arm} seed {seed}"
-        paths.append(run_one(preset, arm, seed, dataset, results_dir, strategy,
-                             on_step=progress.step if pending and progress else None))
-    return paths
+    given = dataset is not None
+    if not given:
+        dataset = brlib.data.load(preset.dataset, data_dir=data_dir)  # fails before training
+    runs = [(arm, seed) for seed in range(seeds) for arm in arms]
+    todo = [run for run in runs if not result_path(results_dir, preset.name, *run).exists()]
+    from tqdm.auto import tqdm
+
+    with tqdm(total=len(todo) * preset.steps, unit="step", desc=f"{preset.name}, {len(todo)} runs",
+              disable=not verbose or not todo, smoothing=0.05) as bar:
+        if strategy is not None:
+            for arm, seed in todo:
+                run_one(preset, arm, seed, dataset, results_dir, strategy,
+                        on_step=lambda _: bar.update())
+        elif todo:
+            jobs = jobs or min(os.cpu_count() or 1, len(todo))
+            # Each process loads the named dataset itself rather than receive a copy.
+            source = dataset if given else data_dir
+            _train_in_processes(preset, todo, results_dir, source, min(jobs, len(todo)), bar)
+    return [result_path(results_dir, preset.name, *run) for run in runs]
 
 
-class Progress:
-    """Steps done, elapsed time and ETA on one line, at most every few seconds."""
+def _train_in_processes(preset, todo, results_dir, data, jobs, bar):
+    """Trains the (arm, seed) runs of `todo` in `jobs` fresh processes, updating `bar`.
 
-    def __init__(self, total, every_seconds=5.0, stream=None):
-        import sys
+    `data` is the dataset's arrays, or the `data_dir` (None included) from
+    which each process loads `preset.dataset`.
+    """
+    context = multiprocessing.get_context("spawn")  # a fresh TensorFlow, threads not yet set
+    tasks, events = context.Queue(), context.Queue()
+    workers = [context.Process(target=_worker, args=(preset, results_dir, data, tasks, events),
+                               daemon=True) for _ in range(jobs)]
+    pending = [(arm, seed, False) for arm, seed in todo]
+    running = 0
+    try:
+        for worker in workers:
+            worker.start()
+        while pending or running:
+            while pending and running < jobs:
+                tasks.put(pending.pop(0))
+                running += 1
+            try:
+                kind, *data = events.get(timeout=1.0)
+            except queue.Empty:
+                dead = [w.exitcode for w in workers if not w.is_alive()]
+                if dead:
+                    raise RunFailed(f"a training process died (exit code {dead[0]}); "
+                                    "finished runs are kept, unfinished ones resume") from None
+                continue
+            if kind == "steps":
+                bar.update(data[0])
+            elif kind == "resumed":  # steps done before an interruption are not redone
+                bar.total -= data[0]
+                bar.refresh()
+            elif kind == "busy":  # another command trains it: wait for that one, last
+                pending.append((*data, True))
+                running -= 1
+            elif kind == "done":
+                running -= 1
+            else:
+                arm, seed, trace = data
+                raise RunFailed(f"run {arm} seed {seed} failed; its process said:\n{trace}")
+        for _ in workers:
+            tasks.put(None)
+        for worker in workers:
+            worker.join()
+    finally:  # Ctrl-C or a failure: stop every worker; their checkpoints stay
+        for worker in workers:
+            if worker.is_alive():
+                worker.terminate()
+        for worker in workers:
+            if worker.pid is not None:
+                worker.join()
 
-        self.total, self.every, self.stream = total, every_seconds, stream or sys.stderr
-        self.done, self.label = 0, ""
-        self.started = self.last = time.perf_counter()
 
-    def step(self, _step=None):
-        self.done += 1
-        now = time.perf_counter()
-        if now - self.last < self.every and self.done < self.total:
-            return
-        self.last = now
-        elapsed = now - self.started
-        eta = elapsed / self.done * (self.total - self.done)
-        end = "\r" if self.stream.isatty() and self.done < self.total else "\n"
-        self.stream.write(f"{self.done}/{self.total} steps ({100 * self.done / self.total:.0f}%) "
-                          f"{self.label}, {elapsed:.0f}s elapsed, ETA {eta:.0f}s{end}")
-        self.stream.flush()
+def _worker(preset, results_dir, data, tasks, events):
+    """One training process: takes (arm, seed, wait) tasks until None; reports to `events`."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the parent, which stops us
+    task = None
+    try:
+        fix_threads(preset.threads)
+        dataset = data if isinstance(data, tuple) else brlib.data.load(preset.dataset,
+                                                                        data_dir=data)
+        while (task := tasks.get()) is not None:
+            arm, seed, wait = task
+            report = _StepReport(events)
+            try:
+                run_one(preset, arm, seed, dataset, results_dir, on_step=report, wait=wait)
+            except RunBusy:
+                events.put(("busy", arm, seed))
+                continue
+            report.flush()
+            events.put(("done", arm, seed))
+    except Exception:
+        arm, seed, _ = task or ("(start-up)", "-", None)
+        events.put(("error", arm, seed, traceback.format_exc()))
+
+
+class _StepReport:
+    """Tells the parent, every few steps, how many steps a worker trained."""
+
+    def __init__(self, events, every=20):
+        self.events, self.every, self.count, self.first = events, every, 0, True
+
+    def __call__(self, step):
+        if self.first and step > 1:
+            self.events.put(("resumed", step - 1))
+        self.first = False
+        self.count += 1
+        if self.count >= self.every:
+            self.flush()
+
+    def flush(self):
+        if self.count:
+            self.events.put(("steps", self.count))
+        self.count = 0
 
 
 def compare(dataset, microbatch_size=2, rmax=3.0, dmax=5.0, steps=150, minibatch_size=64,

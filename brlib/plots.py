@@ -8,7 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
-from brlib.results import ARMS, final_values, load_results, mean_band  # noqa: F401
+from brlib.results import (ARMS, final_values, load_results, mean_band,  # noqa: F401
+                           within_arm_difference)
 
 # Final accuracies for context (%): Ioffe (2017), Figure 2, ImageNet, Inception-v3;
 # and the student reproduction on CIFAR-100.
@@ -18,6 +19,7 @@ REFERENCE = [("paper, groups of 32", "78.3"), ("paper, batchnorm (4)", "74.2"),
 PANELS = [("val_accuracy", "test accuracy (%), moving averages", 100),
           ("val_accuracy_recalibrated", "test accuracy (%), recalibrated", 100),
           ("train_loss", "training loss (training mode)", 1)]
+MISMATCH = ("val_accuracy", "val_accuracy_minibatch_stats")  # inference − minibatch statistics
 
 
 def final_accuracy(values, last=1):
@@ -44,6 +46,33 @@ def _curves(ax, results, column, scale, last):
               title_fontsize=7)
 
 
+def _mismatch(ax, results, last):
+    """Per arm, inference minus minibatch-statistics test accuracy over training, in points.
+
+    The band is the 95 % interval of the seed mean; the legend gives the
+    final mismatch with its paired 95 % interval. Arms whose results have no
+    minibatch-statistics column are left out.
+    """
+    measured = {arm: curves for arm, curves in results.items()
+                if all(column in curves.columns for column in MISMATCH)}
+    if not measured:
+        ax.text(0.5, 0.5, "no minibatch-statistics accuracy\nin these results", ha="center",
+                va="center", transform=ax.transAxes)
+    for arm, curves in measured.items():
+        mean, half = mean_band(100 * (curves[MISMATCH[0]] - curves[MISMATCH[1]]))
+        final, (low, high) = within_arm_difference(curves, *MISMATCH, last)
+        ax.plot(curves.steps, mean, color=ARMS[arm].color,
+                label=f"{ARMS[arm].label} ({final:+.1f} [{low:+.1f}, {high:+.1f}])")
+        ax.fill_between(curves.steps, mean - half, mean + half, color=ARMS[arm].color, alpha=0.2)
+    ax.axhline(0, color="black", lw=0.8)
+    ax.grid(alpha=0.3)
+    if measured:
+        ax.legend(loc="upper right", fontsize=7, title="final, paired 95 % interval",
+                  title_fontsize=7)
+    ax.set(xlabel="training step",
+           ylabel="mismatch (points): inference − minibatch statistics")
+
+
 def _reference_table(ax, rows):
     ax.axis("off")
     table = ax.table(cellText=[[name, value] for name, value in rows],
@@ -55,20 +84,24 @@ def _reference_table(ax, rows):
 
 
 def figure2(results, title, last=1):
-    """Per arm, the seed mean with its 95 % confidence band, for three quantities.
+    """Per arm, the seed mean with its 95 % confidence band, for four quantities.
 
     Panels: test accuracy of the inference model with moving averages, the
-    same recalibrated, and the training loss. Legends give the final
-    accuracy (mean of the last `last` evaluations) as mean ± sd over seeds.
+    same recalibrated, the train/inference mismatch (inference minus
+    minibatch-statistics accuracy), and the training loss. Legends give the
+    final accuracy (mean of the last `last` evaluations) as mean ± sd over
+    seeds, and the final mismatch with its paired 95 % interval.
     """
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 4, figsize=(18, 4.6), width_ratios=[3, 3, 3, 1.6])
-    for ax, (column, ylabel, scale) in zip(axes, PANELS):
+    fig, axes = plt.subplots(1, 5, figsize=(23, 4.6), width_ratios=[3, 3, 3, 3, 1.6])
+    accuracy, recalibrated, loss = PANELS
+    for ax, (column, ylabel, scale) in zip(axes[[0, 1, 3]], (accuracy, recalibrated, loss)):
         _curves(ax, results, column, scale, last)
         ax.set(xlabel="training step", ylabel=ylabel)
+    _mismatch(axes[2], results, last)
     axes[0].set_title(title, loc="left")
-    _reference_table(axes[3], REFERENCE)
+    _reference_table(axes[4], REFERENCE)
     fig.tight_layout()
     return fig
 

@@ -15,12 +15,16 @@ from pathlib import Path
 
 import numpy as np
 
+# What every evaluation records. `train_accuracy` is the training-mode accuracy on the
+# training minibatches since the last evaluation; `val_accuracy_minibatch_stats` is the
+# test split in training mode, in groups of the arm's own size drawn as its training
+# groups are, so that each group is normalized by its own statistics. Inference minus
+# that accuracy is the train/inference mismatch. (Results written before the last two
+# columns existed lack them, and load without them.)
 COLUMNS = ["step", "val_accuracy", "val_loss", "val_accuracy_recalibrated",
-           "val_loss_recalibrated", "train_loss", "r_clipped", "d_clipped", "wall_seconds"]
-# Recorded by presets that train on the paper's non-i.i.d. pairs (Figure 3) only: the
-# training-mode accuracy on the training minibatches, and the accuracy with each test
-# batch normalized by its own statistics, test batches being built as pairs too.
-PAIR_COLUMNS = ["train_accuracy", "val_accuracy_minibatch_stats"]
+           "val_loss_recalibrated", "train_loss", "r_clipped", "d_clipped", "wall_seconds",
+           "train_accuracy", "val_accuracy_minibatch_stats"]
+INTEGER_COLUMNS = ("step",)
 BASELINE_GROUP = 32  # each of the paper's workers normalized its own 32 examples
 SETTINGS_FILE = "settings.json"
 
@@ -123,26 +127,36 @@ def result_path(results_dir, preset_name, arm, seed):
 
 
 def rows_to_csv(rows):
-    extra = [name for name in PAIR_COLUMNS if rows and name in rows[0]]
+    """CSV bytes of result rows, in COLUMNS order; a column absent from the rows is left out
+    (results written before it existed), a key outside COLUMNS is an error."""
+    columns = [name for name in COLUMNS if not rows or name in rows[0]]
     text = io.StringIO()
-    writer = csv.DictWriter(text, fieldnames=COLUMNS + extra, lineterminator="\n")
+    writer = csv.DictWriter(text, fieldnames=columns, lineterminator="\n")
     writer.writeheader()
     writer.writerows(rows)
     return text.getvalue().encode()
 
 
 def read_csv(path):
+    """Rows of a result CSV as dicts of numbers: `step` an int, the rest floats.
+
+    Written back with `rows_to_csv`, the rows give the same bytes (floats print as
+    their shortest repr, which reads back to the same float).
+    """
     with open(path, newline="") as handle:
-        return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(handle)]
+        return [{k: int(v) if k in INTEGER_COLUMNS else float(v) for k, v in row.items()}
+                for row in csv.DictReader(handle)]
 
 
 def check_settings(directory, settings, ignore=("seeds",)):
-    """Records `settings` (a dict) in `directory`, or checks them against the record.
+    """Checks `settings` (a dict) against those recorded in `directory`; writes nothing.
 
     A results directory belongs to one set of settings. Writing results of
     other settings into it would mix them, and skipping finished seeds would
     return stale ones, so a mismatch is an error that names what differs.
     Keys in `ignore` may differ (more seeds of the same settings are fine).
+    A directory without a record is fine unless it holds result CSVs.
+    Returns whether a record exists.
     """
     path = Path(directory) / SETTINGS_FILE
     wanted = json.loads(json.dumps(settings))  # tuples become lists, as on disk
@@ -156,12 +170,24 @@ def check_settings(directory, settings, ignore=("seeds",)):
             raise ValueError(
                 f"{directory} holds results of other settings ({details}). Pass another "
                 f"`results_dir` (--results-dir), or delete {directory} to start over.")
-        return path
+        return True
     if Path(directory).exists() and any(Path(directory).glob("*.csv")):
         raise ValueError(f"{directory} holds result CSVs but no {SETTINGS_FILE}, so their "
                          "settings are unknown. Move them away or delete them.")
-    write_atomic(path, (json.dumps(wanted, indent=1, sort_keys=True) + "\n").encode())
-    return path
+    return False
+
+
+def record_settings(directory, settings):
+    """Checks `settings` as `check_settings` does, and records them if nothing is recorded.
+
+    The runner calls it when a run starts, so a command that fails before
+    training (missing data, a bad setting) leaves no directory behind.
+    """
+    if not check_settings(directory, settings):
+        wanted = json.loads(json.dumps(settings))
+        write_atomic(Path(directory) / SETTINGS_FILE,
+                     (json.dumps(wanted, indent=1, sort_keys=True) + "\n").encode())
+    return Path(directory) / SETTINGS_FILE
 
 
 def load_settings(results_dir, preset_name):
@@ -199,7 +225,7 @@ def load_results(results_dir, preset_name, arms=None):
         runs = [read_csv(found[seed]) for seed in seeds]
         length = min(len(run) for run in runs)
         columns = {name: np.array([[row[name] for row in run[:length]] for run in runs])
-                   for name in COLUMNS + PAIR_COLUMNS if name in runs[0][0]}
+                   for name in COLUMNS if name in runs[0][0]}
         results[arm] = Curves(columns["step"][0], seeds, columns)
     if not results:
         raise FileNotFoundError(f"no result CSVs in {Path(results_dir, preset_name)}; "
@@ -349,4 +375,43 @@ def format_noniid_table(results, last):
                                                       "val_accuracy", last)
         lines.append(f"- {ARMS[arm].label}: training − test {gap:+.2f} [{low:+.2f}, {high:+.2f}]; "
                      f"minibatch statistics − moving averages {gain:+.2f} [{g_low:+.2f}, {g_high:+.2f}]")
+    return "\n".join(lines)
+
+
+# What each arm's inference model loses, and why, paired by seed within the arm.
+WITHIN_ARM = (("mismatch", "val_accuracy", "val_accuracy_minibatch_stats",
+               "inference − minibatch statistics"),
+              ("lag", "val_accuracy_recalibrated", "val_accuracy",
+               "recalibrated − moving averages"))
+
+
+def format_mismatch_table(results, last):
+    """A Markdown table of each arm's train/inference mismatch and lag, with 95 % intervals.
+
+    The mismatch is the test accuracy of the inference model (moving
+    averages) minus the same model's accuracy in training mode, with every
+    test group normalized by its own statistics: how far the network that
+    training shaped is from the one inference runs. The lag is the
+    recalibrated accuracy minus the moving-average one: how far the moving
+    averages trail the weights. Both are paired by seed, in points. Arms
+    whose results predate the minibatch-statistics column show "—".
+    """
+    lines = ["| arm | seeds | training accuracy, training mode (%) | test, minibatch statistics (%) | "
+             + " | ".join(f"{name}: {text}" for name, _, _, text in WITHIN_ARM) + " |",
+             "|---|---|---|---|" + "---|" * len(WITHIN_ARM)]
+    for arm, curves in results.items():
+        cells = [ARMS[arm].label, str(len(curves.seeds))]
+        for column in ("train_accuracy", "val_accuracy_minibatch_stats"):
+            if column in curves.columns:
+                mean, sd, _ = t_interval(100 * final_values(curves[column], last))
+                cells.append(f"{mean:.2f} ± {sd:.2f}")
+            else:
+                cells.append("—")
+        for _, column, reference, _ in WITHIN_ARM:
+            if column not in curves.columns or reference not in curves.columns:
+                cells.append("—")
+                continue
+            mean, (low, high) = within_arm_difference(curves, column, reference, last)
+            cells.append(f"{mean:+.2f} [{low:+.2f}, {high:+.2f}]")
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)

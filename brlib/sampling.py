@@ -8,12 +8,24 @@ import numpy as np
 
 WORKER = 32  # examples per worker, and per normalization group, in the paper's Figure 3
 # Tags keep the random streams of the samplers apart for the same (seed, step).
-_PAIRS, _TEST_PAIRS, _CALIBRATION_PAIRS = 11, 13, 17
+_PAIRS, _TEST_PAIRS, _CALIBRATION_PAIRS, _TEST_GROUPS = 11, 13, 17, 19
 
 
 def epoch_order(seed, epoch, size):
     """The shuffle of epoch `epoch`: a permutation of range(size), new every epoch."""
     return np.random.default_rng([seed, epoch]).permutation(size)
+
+
+def test_order(seed, size, group_size):
+    """The test split in random groups of `group_size`, fixed per seed, as i.i.d. training draws them.
+
+    A permutation of range(size), continued from its start to fill the last
+    group when `group_size` does not divide `size`. Scoring only the first
+    `size` positions counts every example once, each normalized among
+    `group_size` − 1 random others.
+    """
+    order = np.random.default_rng([seed, _TEST_GROUPS]).permutation(size)
+    return np.concatenate([order, order[:-size % group_size]]) if size % group_size else order
 
 
 def indices_by_class(labels):

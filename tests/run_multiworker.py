@@ -25,6 +25,7 @@ from toy import TINY, tiny_data  # noqa: E402
 from brlib import experiment  # noqa: E402
 
 STEPS = 6
+experiment.fix_threads(experiment.DEFAULT_THREADS)  # before TensorFlow starts
 strategy = tf.distribute.MultiWorkerMirroredStrategy()
 assert strategy.num_replicas_in_sync == 2
 preset = experiment.get_preset("quick", **dict(TINY, dropout=0.0, optimizer="sgd",

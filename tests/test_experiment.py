@@ -72,6 +72,7 @@ def test_learning_rate_is_held_then_cosine_annealed_to_its_floor():
     (["reproduce", "--preset", "quick", "--steps", "0"], "steps"),
     (["reproduce", "--preset", "quick", "--arms", "layernorm"], "arms"),
     (["reproduce", "--preset", "quick", "--seeds", "0"], "seeds"),
+    (["reproduce", "--preset", "quick", "--jobs", "0"], "jobs"),
     (["figure", "--preset", "quick", "--arms", "layernorm"], "arms"),
 ])
 def test_bad_settings_fail_before_training(argv, named, capsys, tmp_path):
@@ -103,7 +104,18 @@ def test_missing_data_fails_before_training(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(experiment.brlib.data, "FASHION_URL", "http://127.0.0.1:9/")
     code = cli.main(["reproduce", "--preset", "quick", "--results-dir", str(tmp_path / "r")])
     assert code == 2 and "BRLIB_DATA_DIR" in capsys.readouterr().err
-    assert not list((tmp_path / "r").rglob("*.csv"))
+    assert not (tmp_path / "r").exists()  # nothing on disk: no settings.json, no directory
+
+
+def test_a_preset_without_its_dataset_leaves_nothing_behind(tmp_path, monkeypatch, capsys):
+    # The seed preset's CIFAR-100 cannot be found: the command stops before any run starts,
+    # and the results directory stays as it was, so a later run with other settings works.
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras"))
+    monkeypatch.delenv("BRLIB_DATA_DIR", raising=False)
+    monkeypatch.setattr(experiment.brlib.data, "CIFAR_URL", "http://127.0.0.1:9/")
+    code = cli.main(["reproduce", "--preset", "seed", "--results-dir", str(tmp_path / "r")])
+    assert code == 2 and "cifar" in capsys.readouterr().err.lower()
+    assert not (tmp_path / "r").exists()
 
 
 def test_an_explicit_data_dir_must_hold_the_data(tmp_path, capsys):
@@ -121,6 +133,7 @@ def test_runner_writes_csv_and_skips_finished_seeds(tmp_path):
     with open(path, newline="") as handle:
         rows = list(csv.DictReader(handle))
     assert list(rows[0]) == results.COLUMNS
+    assert [r["step"] for r in rows] == ["5", "10", "15", "20", "25", "30"]  # integers
     assert [int(float(r["step"])) for r in rows] == [5, 10, 15, 20, 25, 30]
     for column in ("val_accuracy", "val_accuracy_recalibrated"):
         assert all(0 <= float(r[column]) <= 1 for r in rows)
@@ -204,7 +217,15 @@ def curve(path):
             for row in results.read_csv(path)]
 
 
-def test_killed_run_resumes_to_the_same_curve(tmp_path):
+def without_wall_seconds(path):
+    """The CSV's bytes with its wall_seconds column cut out: the one column a rerun changes."""
+    lines = Path(path).read_text().splitlines()
+    column = lines[0].split(",").index("wall_seconds")
+    return "\n".join(",".join(v for i, v in enumerate(line.split(",")) if i != column)
+                     for line in lines)
+
+
+def test_killed_run_resumes_to_the_same_file(tmp_path):
     steps = 300
     assert run_program(tmp_path / "whole", steps).wait(timeout=300) == 0
 
@@ -221,10 +242,11 @@ def test_killed_run_resumes_to_the_same_curve(tmp_path):
         "the run finished before it was killed; the test proves nothing"
 
     assert run_program(tmp_path / "killed", steps).wait(timeout=300) == 0
-    whole = curve(tmp_path / "whole" / "quick" / "batchrenorm_seed0.csv")
-    resumed = curve(tmp_path / "killed" / "quick" / "batchrenorm_seed0.csv")
-    assert len(whole) == steps // TINY["eval_every"]
-    assert resumed == whole
+    whole = tmp_path / "whole" / "quick" / "batchrenorm_seed0.csv"
+    resumed = tmp_path / "killed" / "quick" / "batchrenorm_seed0.csv"
+    assert len(curve(whole)) == steps // TINY["eval_every"]
+    assert curve(resumed) == curve(whole)
+    assert without_wall_seconds(resumed) == without_wall_seconds(whole)  # the files themselves
 
 
 def test_mirrored_strategy_matches_one_device_and_keeps_replicas_identical():
@@ -281,15 +303,50 @@ def test_minibatch_statistics_evaluation_normalizes_each_test_group_alone():
     accuracy = run.evaluate_minibatch_statistics(groups_per_call=3)
     # Reference: each paired test group alone, in training mode, on a copy of the state.
     correct = 0
-    for group in run.test_pairs:
+    for group in run.test_groups:
         logits = run.model(run.x_test[group], training=True).numpy()
         correct += int(np.sum(logits.argmax(axis=-1) == run.y_test[group]))
         for variable, value in zip(run.model.variables, before):
             variable.assign(value)
-    assert accuracy == pytest.approx(correct / run.test_pairs.size)
-    assert run.test_pairs.shape == (len(run.x_test) // 32, 32)
+    assert accuracy == pytest.approx(correct / run.test_groups.size)
+    assert run.test_groups.shape == (len(run.x_test) // 32, 32)
     for variable, value in zip(run.model.variables, before):  # the run's state is untouched
         np.testing.assert_array_equal(variable.numpy(), value, err_msg=variable.name)
+
+
+@pytest.mark.parametrize("arm, group", [("batchnorm", 2), ("baseline", 32)])
+def test_iid_minibatch_statistics_score_every_test_example_once_in_random_groups(arm, group):
+    preset = experiment.get_preset("quick", **TINY)  # dropout 0.5: training mode must not drop
+    run = experiment.Run(preset, arm, 0, tiny_data())
+    for step in range(6):
+        run.train_step(step)
+    before = [v.numpy().copy() for v in run.model.variables]
+    accuracy = run.evaluate_minibatch_statistics(groups_per_call=1)
+    # Reference: a NumPy permutation of the 40 test examples, filled up to whole groups from
+    # its start; each group through the network with Dropout off and normalization in
+    # training mode; only the first 40 positions count.
+    order = np.random.default_rng([0, 19]).permutation(40)
+    order = np.concatenate([order, order[:(-40) % group]])
+    np.testing.assert_array_equal(run.test_groups.ravel(), order)
+    hits = []
+    for start in range(0, len(order), group):
+        picks = order[start:start + group]
+        x = run.x_test[picks]
+        for layer in run.model.layers[1:]:
+            x = layer(x, training=isinstance(layer, experiment.BatchRenormalization))
+        hits.extend(np.argmax(x.numpy(), axis=-1) == run.y_test[picks])
+        for variable, value in zip(run.model.variables, before):
+            variable.assign(value)
+    assert accuracy == pytest.approx(np.mean(hits[:40]))
+    for variable, value in zip(run.model.variables, before):  # the run's state is untouched
+        np.testing.assert_array_equal(variable.numpy(), value, err_msg=variable.name)
+
+
+def test_minibatch_statistics_leave_dropout_off():
+    # Dropout at 0.5 would make training-mode calls random; the evaluation repeats exactly.
+    run = experiment.Run(experiment.get_preset("quick", **TINY), "batchnorm", 0, tiny_data())
+    run.train_step(0)
+    assert run.evaluate_minibatch_statistics() == run.evaluate_minibatch_statistics()
 
 
 def test_pairs_results_record_training_and_minibatch_statistics_accuracy(tmp_path):
@@ -298,7 +355,7 @@ def test_pairs_results_record_training_and_minibatch_statistics_accuracy(tmp_pat
         experiment.run_one(preset, arm, 0, tiny_data(), tmp_path)
     loaded = results.load_results(tmp_path, "noniid_quick")
     for arm, curves in loaded.items():
-        for column in results.PAIR_COLUMNS:
+        for column in ("train_accuracy", "val_accuracy_minibatch_stats"):
             values = curves[column]
             assert values.shape == (1, 2) and np.all((0 <= values) & (values <= 1)), (arm, column)
     # GroupNorm has no batch statistics: there is nothing to recalibrate.
@@ -388,3 +445,124 @@ def test_multi_worker_training_matches_one_process(tmp_path):
             key = f"{layer.name}/{variable.name}"
             np.testing.assert_allclose(saved[0][key], variable.numpy(), rtol=1e-4, atol=1e-5,
                                        err_msg=key)
+
+
+# Another command training a run: holds its lock, writes its CSV after a while, exits.
+HOLDER = """
+import sys, time
+from filelock import FileLock
+lock, csv, seconds = sys.argv[1], sys.argv[2], float(sys.argv[3])
+with FileLock(lock):
+    print("held", flush=True)
+    time.sleep(seconds)
+    open(csv, "wb").write(b"finished by the other command\\n")
+"""
+
+
+def hold_run(path, seconds):
+    """Starts a process that holds `path`'s run lock for `seconds`, then writes its CSV."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(experiment._lock_path(path)),
+                               str(path), str(seconds)], stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline() == "held\n"
+    return holder
+
+
+def test_a_run_held_by_another_process_is_not_trained_twice(tmp_path):
+    preset = experiment.get_preset("quick", **dict(TINY, steps=10))
+    path = results.result_path(tmp_path, "quick", "batchnorm", 0)
+    holder = hold_run(path, 3.0)
+    with pytest.raises(experiment.RunBusy):
+        experiment.run_one(preset, "batchnorm", 0, tiny_data(), tmp_path, wait=False)
+    # A waiting caller returns the other command's CSV once it exists, without training.
+    assert experiment.run_one(preset, "batchnorm", 0, tiny_data(), tmp_path) == path
+    assert path.read_bytes() == b"finished by the other command\n"
+    assert holder.wait(timeout=30) == 0
+
+
+def test_reproduce_defers_a_run_that_another_command_trains(tmp_path):
+    preset = experiment.get_preset("quick", **dict(TINY, steps=10))
+    busy = results.result_path(tmp_path, "quick", "batchnorm", 0)
+    holder = hold_run(busy, 20.0)  # the worker process has started and met the lock by then
+    paths = experiment.reproduce(preset, ["batchnorm", "batchrenorm"], results_dir=tmp_path,
+                                 dataset=tiny_data(), jobs=1, verbose=False)
+    assert busy.read_bytes() == b"finished by the other command\n"
+    assert len(results.read_csv(paths[1])) == 2  # the free run was trained meanwhile
+    assert holder.wait(timeout=30) == 0
+
+
+def test_results_do_not_depend_on_how_many_runs_train_at_once(tmp_path):
+    # Two runs side by side in two processes (jobs=2) against the same runs one after the
+    # other in this process: every CSV is the same, byte for byte, but for wall_seconds.
+    preset = experiment.get_preset("quick", **TINY)
+    arms = ["batchnorm", "batchrenorm"]
+    parallel = experiment.reproduce(preset, arms, results_dir=tmp_path / "parallel",
+                                    dataset=tiny_data(), jobs=2, verbose=False)
+    for arm, path in zip(arms, parallel):
+        alone = experiment.run_one(preset, arm, 0, tiny_data(), tmp_path / "alone")
+        assert without_wall_seconds(path) == without_wall_seconds(alone), arm
+    assert json.loads((tmp_path / "parallel" / "quick" / "settings.json").read_text())[
+        "threads"] == preset.threads
+
+
+def test_the_thread_count_cannot_change_under_a_running_tensorflow():
+    import tensorflow as tf
+
+    tf.constant(1.0)  # TensorFlow has started, with the tests' thread count
+    experiment.fix_threads(experiment.DEFAULT_THREADS)  # same: fine
+    with pytest.raises(ValueError, match="threads"):
+        experiment.fix_threads(7)
+
+
+def start_cluster(results_dir, steps, timeout=30):
+    """Two workers on loopback training one run with `run_one` (tests/run_cluster_worker.py)."""
+    ports = free_ports(2)
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    return [subprocess.Popen([sys.executable, str(TESTS / "run_cluster_worker.py"), str(i),
+                              *ports, str(results_dir), str(steps), str(timeout)],
+                             cwd=TESTS, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True) for i in range(2)]
+
+
+def finish(workers, timeout=240):
+    try:
+        return [worker.communicate(timeout=timeout) for worker in workers]
+    finally:
+        for worker in workers:
+            worker.kill()
+
+
+def test_a_lost_worker_stops_the_cluster_with_an_error_and_the_run_resumes(tmp_path):
+    steps = 200
+    whole = finish(start_cluster(tmp_path / "whole", steps))
+    assert "finished" in whole[0][0], whole[0][1][-3000:]
+
+    workers = start_cluster(tmp_path / "lost", steps)
+    run = tmp_path / "lost" / "quick"
+    partial = run / ".batchrenorm_seed0.partial.csv"
+    deadline = time.time() + 180
+    while not partial.exists() and time.time() < deadline:
+        time.sleep(0.05)
+    assert partial.exists(), "the cluster never wrote a checkpoint"
+    workers[1].send_signal(signal.SIGKILL)  # worker 1 dies in the middle of the run
+    killed = time.time()
+    try:
+        out, err = workers[0].communicate(timeout=120)  # the chief must not hang
+    finally:
+        for worker in workers:
+            worker.kill()
+    waited = time.time() - killed
+    assert workers[0].returncode == 3, err[-3000:]
+    assert "stopped answering" in err and "resumes from the chief's last checkpoint" in err
+    assert waited < 60, f"the survivor took {waited:.0f} s to give up"
+    assert not (run / "batchrenorm_seed0.csv").exists()  # nothing looks finished
+    assert partial.exists()
+
+    # Both workers started again: the run resumes from the chief's checkpoint, to the very
+    # file an uninterrupted cluster run writes.
+    resumed = finish(start_cluster(tmp_path / "lost", steps))
+    assert "finished" in resumed[0][0], resumed[0][1][-3000:]
+    assert not resumed[0][0].startswith("step 1\n")  # it did not start over
+    assert (without_wall_seconds(run / "batchrenorm_seed0.csv")
+            == without_wall_seconds(tmp_path / "whole" / "quick" / "batchrenorm_seed0.csv"))
+    print(f"survivor gave up {waited:.1f} s after the kill")

@@ -8,7 +8,7 @@ from brlib import results
 
 
 def test_figure_prints_the_table_of_every_arm_and_draws_the_main_ones(tmp_path, capsys):
-    results.check_settings(tmp_path / "quick", {"final_evaluations": 2})
+    results.record_settings(tmp_path / "quick", {"final_evaluations": 2})
     write_runs(tmp_path, "batchnorm", [[0.50, 0.60], [0.52, 0.62], [0.55, 0.61]])
     write_runs(tmp_path, "batchrenorm", [[0.55, 0.66], [0.50, 0.65], [0.60, 0.70]])
     write_runs(tmp_path, "batchnorm_seedbug", [[0.40, 0.50], [0.45, 0.55]])

@@ -13,9 +13,11 @@ from brlib import plots, results  # noqa: E402
 
 def test_figure2_draws_means_with_95_percent_bands_and_final_values(tmp_path):
     accuracies = np.array([[0.3, 0.8, 0.82], [0.4, 0.9, 0.88], [0.35, 0.85, 0.86]])
-    write_runs(tmp_path, "batchrenorm", accuracies, recalibrated=accuracies - 0.1)
+    minibatch = accuracies - np.array([[0.02], [0.05], [0.03]])
+    write_runs(tmp_path, "batchrenorm", accuracies, recalibrated=accuracies - 0.1,
+               pairs=(accuracies, minibatch))
     fig = plots.figure2(results.load_results(tmp_path, "quick"), "test", last=2)
-    moving, recalibrated, loss = fig.axes[:3]
+    moving, recalibrated, mismatch, loss = fig.axes[:4]
     final = 100 * accuracies[:, -2:].mean(1)
     label = moving.get_legend().get_texts()[0].get_text()
     assert label == f"Batch Renorm ({final.mean():.1f}% ± {final.std(ddof=1):.1f}, 3 seeds)"
@@ -24,6 +26,14 @@ def test_figure2_draws_means_with_95_percent_bands_and_final_values(tmp_path):
     np.testing.assert_allclose(recalibrated.get_lines()[0].get_ydata(),
                                100 * (accuracies - 0.1).mean(0))
     np.testing.assert_allclose(loss.get_lines()[0].get_ydata(), (2 - accuracies).mean(0))
+    # The mismatch panel: inference − minibatch statistics per evaluation, and in the legend
+    # the final value with its paired t-interval.
+    np.testing.assert_allclose(mismatch.get_lines()[0].get_ydata(),
+                               100 * (accuracies - minibatch).mean(0))
+    gaps = np.array([2.0, 5.0, 3.0])
+    low, high = stats.t.interval(0.95, 2, loc=gaps.mean(), scale=stats.sem(gaps))
+    assert mismatch.get_legend().get_texts()[0].get_text() == (
+        f"Batch Renorm ({gaps.mean():+.1f} [{low:+.1f}, {high:+.1f}])")
     band = moving.collections[0].get_paths()[0].vertices
     half = stats.t.ppf(0.975, 2) * stats.sem(100 * accuracies, axis=0)
     upper = 100 * accuracies.mean(0) + half

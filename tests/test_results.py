@@ -13,7 +13,7 @@ def write_runs(directory, arm, accuracies, recalibrated=None, preset="quick", pa
     """One CSV per seed, with the given accuracy curves (evaluations every 10 steps).
 
     `pairs`, if given, is (training accuracies, minibatch-statistics accuracies), the two
-    columns that the non-i.i.d. presets add.
+    columns of the mismatch measurement (results from before it lack them).
     """
     recalibrated = accuracies if recalibrated is None else recalibrated
     for seed, (values, calibrated) in enumerate(zip(accuracies, recalibrated)):
@@ -32,7 +32,9 @@ def write_runs(directory, arm, accuracies, recalibrated=None, preset="quick", pa
 def test_settings_are_recorded_then_enforced(tmp_path):
     directory = tmp_path / "quick"
     settings = {"steps": 100, "widths": (8, 16), "seeds": 5}
-    results.check_settings(directory, settings)
+    assert results.check_settings(directory, settings) is False  # nothing recorded, nothing written
+    assert not directory.exists()
+    results.record_settings(directory, settings)
     assert json.loads((directory / "settings.json").read_text()) == {
         "steps": 100, "widths": [8, 16], "seeds": 5}
     results.check_settings(directory, dict(settings, seeds=10))  # more seeds: same settings
@@ -146,7 +148,7 @@ def test_noniid_table_gives_within_arm_gaps_with_paired_intervals(tmp_path):
     minibatch = test + 0.05
     write_runs(tmp_path, "batchnorm", test, preset="noniid_quick", pairs=(train, minibatch))
     loaded = results.load_results(tmp_path, "noniid_quick")
-    assert set(results.PAIR_COLUMNS) <= set(loaded["batchnorm"].columns)
+    assert {"train_accuracy", "val_accuracy_minibatch_stats"} <= set(loaded["batchnorm"].columns)
     gap = 100 * (train[:, -2:].mean(1) - test[:, -2:].mean(1))
     low, high = stats.t.interval(0.95, 3, loc=gap.mean(), scale=stats.sem(gap))
     mean, interval = results.within_arm_difference(loaded["batchnorm"], "train_accuracy",
@@ -156,3 +158,36 @@ def test_noniid_table_gives_within_arm_gaps_with_paired_intervals(tmp_path):
     assert f"training − test {gap.mean():+.2f} [{low:+.2f}, {high:+.2f}]" in table
     assert "minibatch statistics − moving averages +5.00 [+5.00, +5.00]" in table
     assert "72.8 / 67.0 / 76.5" in table  # the paper's Figure 3 beside it
+
+
+def test_mismatch_and_lag_are_paired_within_each_arm(tmp_path):
+    rng = np.random.default_rng(1)
+    moving = rng.uniform(0.6, 0.7, size=(5, 4))
+    recalibrated = moving + rng.uniform(-0.01, 0.03, size=(5, 4))
+    train = moving + 0.01
+    minibatch = moving - rng.uniform(0.0, 0.1, size=(5, 4))
+    write_runs(tmp_path, "batchnorm", moving, recalibrated, pairs=(train, minibatch))
+    write_runs(tmp_path, "baseline", moving[:3])  # results from before the mismatch columns
+    loaded = results.load_results(tmp_path, "quick")
+    table = results.format_mismatch_table(loaded, last=2)
+    for name, column, reference in (("mismatch", moving, minibatch),
+                                    ("lag", recalibrated, moving)):
+        difference = 100 * (column[:, -2:].mean(1) - reference[:, -2:].mean(1))
+        low, high = stats.t.interval(0.95, 4, loc=difference.mean(), scale=stats.sem(difference))
+        assert f"{difference.mean():+.2f} [{low:+.2f}, {high:+.2f}]" in table, name
+    baseline = next(line for line in table.splitlines() if line.startswith("| Batchnorm, groups"))
+    assert baseline.count("—") == 3  # no minibatch statistics, no mismatch; the lag is there
+
+
+def test_csv_rows_read_back_to_the_same_bytes(tmp_path):
+    rows = [{"step": 100, "val_accuracy": 0.1 + 0.2, "val_loss": 1 / 3,
+             "val_accuracy_recalibrated": 0.7301, "val_loss_recalibrated": 2.5e-8,
+             "train_loss": 0.5, "r_clipped": 0.0, "d_clipped": 1.0, "wall_seconds": 12.34,
+             "train_accuracy": 0.75, "val_accuracy_minibatch_stats": 0.6999999999999}]
+    path = tmp_path / "run.csv"
+    results.write_atomic(path, results.rows_to_csv(rows))
+    again = results.read_csv(path)
+    assert again == rows and isinstance(again[0]["step"], int)
+    assert results.rows_to_csv(again) == path.read_bytes()
+    with pytest.raises(ValueError):
+        results.rows_to_csv([dict(rows[0], unknown=1.0)])

@@ -89,3 +89,13 @@ def test_epoch_order_is_a_new_permutation_every_epoch():
     a, b = sampling.epoch_order(0, 0, 50), sampling.epoch_order(0, 1, 50)
     assert sorted(a) == list(range(50)) and not np.array_equal(a, b)
     np.testing.assert_array_equal(a, sampling.epoch_order(0, 0, 50))
+
+
+def test_test_order_is_a_fixed_permutation_filled_to_whole_groups():
+    order = sampling.test_order(3, 10, 4)
+    assert len(order) == 12
+    np.testing.assert_array_equal(np.sort(order[:10]), np.arange(10))  # every example once
+    np.testing.assert_array_equal(order[10:], order[:2])  # then the first ones again
+    np.testing.assert_array_equal(order, sampling.test_order(3, 10, 4))
+    assert not np.array_equal(order[:10], sampling.test_order(4, 10, 4)[:10])
+    np.testing.assert_array_equal(sampling.test_order(3, 10, 2), order[:10])  # whole groups: as is
