@@ -9,7 +9,9 @@ from brlib import results
 
 def test_figure_prints_the_table_of_every_arm_and_draws_the_main_ones(tmp_path, capsys):
     results.record_settings(tmp_path / "quick", {"final_evaluations": 2})
-    write_runs(tmp_path, "batchnorm", [[0.50, 0.60], [0.52, 0.62], [0.55, 0.61]])
+    moving = np.array([[0.50, 0.60], [0.52, 0.62], [0.55, 0.61]])
+    minibatch = moving - np.array([[0.10], [0.07], [0.04]])
+    write_runs(tmp_path, "batchnorm", moving, pairs=(moving, minibatch))
     write_runs(tmp_path, "batchrenorm", [[0.55, 0.66], [0.50, 0.65], [0.60, 0.70]])
     write_runs(tmp_path, "batchnorm_seedbug", [[0.40, 0.50], [0.45, 0.55]])
     code = cli.main(["figure", "--preset", "quick", "--results-dir", str(tmp_path),
@@ -21,6 +23,12 @@ def test_figure_prints_the_table_of_every_arm_and_draws_the_main_ones(tmp_path, 
                                          "batchnorm", last=2)
     assert f"{expected.mean:+.2f} [{expected.low:+.2f}, {expected.high:+.2f}]" in out
     assert "Batchnorm, α = 0.99" in out  # the table lists the ablation too
+    # Then each arm's mismatch (inference − minibatch statistics) with its paired interval.
+    mismatch, (low, high) = results.within_arm_difference(
+        results.load_results(tmp_path, "quick")["batchnorm"], "val_accuracy",
+        "val_accuracy_minibatch_stats", last=2)
+    assert np.isclose(mismatch, 7.0) and "mismatch: inference − minibatch statistics" in out
+    assert f"{mismatch:+.2f} [{low:+.2f}, {high:+.2f}]" in out
     assert sorted(p.name for p in (tmp_path / "figures").iterdir()) == [
         "figure2_quick.png", "figure2_quick.svg"]
     assert np.isfinite(expected.mean)
