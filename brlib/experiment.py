@@ -702,7 +702,9 @@ def reproduce(preset, arms=DEFAULT_ARMS, seeds=None, results_dir="data/results",
     ran beside it. One progress bar counts the steps of all runs. Ctrl-C
     stops every run: finished runs are kept, unfinished ones resume from their
     last checkpoint next time. With a `strategy` (multi-worker training), the
-    runs train here, one after another, on the cluster.
+    runs train here, one after another, on the cluster. The training
+    processes are started with "spawn", which imports the calling script
+    again: call `reproduce` from a script under `if __name__ == "__main__":`.
 
     Args:
         preset: A validated `Preset`.

@@ -566,3 +566,50 @@ def test_a_lost_worker_stops_the_cluster_with_an_error_and_the_run_resumes(tmp_p
     assert (without_wall_seconds(run / "batchrenorm_seed0.csv")
             == without_wall_seconds(tmp_path / "whole" / "quick" / "batchrenorm_seed0.csv"))
     print(f"survivor gave up {waited:.1f} s after the kill")
+
+
+def test_ctrl_c_stops_every_run_and_the_same_command_resumes_them(tmp_path):
+    steps, arms = 300, ("batchnorm", "batchrenorm")
+    command = [sys.executable, str(TESTS / "run_reproduce.py"), str(tmp_path / "r"), str(steps)]
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    parent = subprocess.Popen(command, cwd=TESTS, env=env, stdout=subprocess.PIPE, text=True,
+                              start_new_session=True)  # its own group, as a terminal's job
+    run = tmp_path / "r" / "quick"
+    partials = [run / f".{arm}_seed0.partial.csv" for arm in arms]
+    deadline = time.time() + 180
+    while not all(p.exists() for p in partials) and time.time() < deadline:
+        time.sleep(0.05)
+    assert all(p.exists() for p in partials), "the two runs never both wrote a checkpoint"
+    children = [int(pid) for pid in subprocess.run(
+        ["ps", "-o", "pid=", "--ppid", str(parent.pid)], capture_output=True,
+        text=True).stdout.split()]
+    os.killpg(parent.pid, signal.SIGINT)  # Ctrl-C reaches the whole group
+    try:
+        out, _ = parent.communicate(timeout=60)
+    finally:
+        parent.kill()
+    assert parent.returncode == 130 and "stopped" in out
+    def alive(pid):
+        try:
+            return "Z" not in Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0]
+        except FileNotFoundError:
+            return False
+
+    deadline = time.time() + 10
+    while any(alive(pid) for pid in children) and time.time() < deadline:
+        time.sleep(0.1)
+    left = {pid: Path(f"/proc/{pid}/cmdline").read_bytes() for pid in children if alive(pid)}
+    assert not left, f"processes left running: {left}"  # every worker process is gone
+    for arm in arms:  # nothing looks finished; the checkpoints are kept
+        assert not (run / f"{arm}_seed0.csv").exists()
+        assert (run / f".{arm}_seed0.partial.csv").exists()
+
+    resumed = subprocess.run(command, cwd=TESTS, env=env, capture_output=True, text=True,
+                             timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    preset = experiment.get_preset("quick", **dict(TINY, steps=steps, eval_every=10))
+    for arm in arms:  # the same files as runs that were never interrupted
+        whole = experiment.run_one(preset, arm, 0, tiny_data(), tmp_path / "whole")
+        assert without_wall_seconds(run / f"{arm}_seed0.csv") == without_wall_seconds(whole), arm
+    assert sorted(p.name for p in run.iterdir()) == sorted(
+        [f"{arm}_seed0.csv" for arm in arms] + ["settings.json"])
