@@ -74,6 +74,11 @@ class Preset:
     `threads` is the number of CPU threads TensorFlow gives each run (intra-
     and inter-op): TensorFlow's CPU kernels split their sums by thread, so
     results are reproducible, bit for bit, only at a fixed count.
+    Evaluations in the last quarter of the run, and the final ones, score the
+    whole test split; earlier ones, which only draw the curves, score a fixed
+    sample of `curve_test_examples` test examples per seed (the first test
+    groups), which makes a run about a quarter faster. Every evaluation also
+    scores the inference model on a fixed sample of as many training examples.
     """
 
     name: str
@@ -100,6 +105,7 @@ class Preset:
     final_evaluations: int = 1
     sampling: str = "iid"
     threads: int = DEFAULT_THREADS
+    curve_test_examples: int = 2000
 
     def schedule(self, ramp=True):
         """The rmax/dmax schedule; without `ramp`, the final values from step 0."""
@@ -117,13 +123,23 @@ class Preset:
             warmup_steps=self.lr_decay_start, alpha=self.lr_floor,
             decay_steps=self.lr_decay_end - self.lr_decay_start)
 
+    def evaluates_in_full(self, step):
+        """Whether the evaluation after `step` scores the whole test split.
+
+        It does in the last quarter of the run, which the steady-state check
+        reads, and in the final evaluations, which the results average.
+        """
+        last_window = self.steps - (self.final_evaluations - 1) * self.eval_every
+        return step >= 0.75 * self.steps or step >= last_window
+
     def settings(self):
         """Every setting, as a JSON-ready dict: what identifies a results directory."""
         return dataclasses.asdict(self)
 
     def validate(self):
         positive = ("minibatch_size", "microbatch_size", "steps", "eval_every", "seeds",
-                    "recalibration_batches", "final_evaluations", "threads")
+                    "recalibration_batches", "final_evaluations", "threads",
+                    "curve_test_examples")
         for name in positive:
             check_integer(name, getattr(self, name), "a positive integer", lambda v: v > 0)
         for name in ("learning_rate", "alpha"):
@@ -302,6 +318,13 @@ class Run:
         # Training mode on test groups; the layers' state is put back after each evaluation.
         self._forward_batch_statistics = tf.function(self._normalize_by_batch)
         self.test_groups = self._test_groups()
+        # The first test groups (and the examples they hold) score the early evaluations.
+        # None when the sample would cover the whole split.
+        count = -(-preset.curve_test_examples // self.test_groups.shape[1])
+        self.curve_groups = self.test_groups[:count] if count < len(self.test_groups) else None
+        # Fixed training examples, scored by the inference model: what training fitted.
+        self.train_probe = np.random.default_rng([seed, 11]).permutation(
+            len(self.x_train))[:preset.curve_test_examples]
         # Traced inside `recalibrate` only, where the layers' update rate is 1.
         self._forward = tf.function(lambda x: self.model(x, training=True))
 
@@ -391,23 +414,43 @@ class Run:
             self._bounds = self.schedule.apply(self.model, step)  # assigned only when they change
         self._train(*self._distribute(self.x_train[order], self.y_train[order]))
 
-    def evaluate(self, batch_size=1000):
-        """Accuracy and mean loss of the inference model on the test split."""
-        correct, total_loss = 0, 0.0
-        for start in range(0, len(self.x_test), batch_size):
-            images = self.x_test[start:start + batch_size]
-            labels = self.y_test[start:start + batch_size]
-            logits = self._predict(images)
-            correct += int(np.sum(np.argmax(logits, axis=-1) == labels))
-            total_loss += float(self.loss_fn(labels, logits))
-        return correct / len(self.x_test), total_loss / len(self.x_test)
+    def evaluate(self, indices=None, batch_size=1000):
+        """Accuracy and mean loss of the inference model on the test split.
 
-    def evaluate_recalibrated(self):
+        Args:
+            indices: Test examples to score; None scores the whole split.
+            batch_size: Examples per forward pass.
+        """
+        if indices is None:
+            return self._score(self.x_test, self.y_test, batch_size)
+        return self._score(self.x_test[indices], self.y_test[indices], batch_size)
+
+    def evaluate_training_examples(self, batch_size=1000):
+        """Accuracy and mean loss of the inference model on the fixed training sample.
+
+        Unlike the training loss, which is measured in training mode on each
+        step's minibatch (for batch norm over microbatches, a noisy forward
+        pass), this is the network that inference runs, on examples fixed
+        for the whole run: a measure of how well training fitted the data.
+        """
+        probe = self.train_probe
+        return self._score(self.x_train[probe], self.y_train[probe], batch_size)
+
+    def _score(self, images, labels, batch_size):
+        correct, total_loss = 0, 0.0
+        for start in range(0, len(images), batch_size):
+            logits = self._predict(images[start:start + batch_size])
+            batch_labels = labels[start:start + batch_size]
+            correct += int(np.sum(np.argmax(logits, axis=-1) == batch_labels))
+            total_loss += float(self.loss_fn(batch_labels, logits))
+        return correct / len(images), total_loss / len(images)
+
+    def evaluate_recalibrated(self, indices=None):
         """`evaluate` with µ and σ recalibrated on the fixed minibatches; the run is untouched."""
         if not self.layers:  # nothing to recalibrate (GroupNorm)
-            return self.evaluate()
+            return self.evaluate(indices)
         with recalibrated(self.model, self.calibration_batches, self._forward):
-            return self.evaluate()
+            return self.evaluate(indices)
 
     def _test_groups(self):
         """Test indices in groups drawn as the arm's training groups are, fixed per run.
@@ -439,7 +482,7 @@ class Run:
             x = layer(x, training=normalizes)
         return x
 
-    def evaluate_minibatch_statistics(self, groups_per_call=None):
+    def evaluate_minibatch_statistics(self, groups=None, groups_per_call=None):
         """Test accuracy of the model in training mode, every test group normalized on its own.
 
         The direct measure of the train/inference mismatch when set beside
@@ -447,8 +490,12 @@ class Run:
         paired groups). With i.i.d. groups, each test example is scored once,
         the few repeated to fill the last group excepted. The layers' state
         (moving statistics, diagnostics) is put back afterwards.
+
+        Args:
+            groups: Rows of `test_groups` to score; None scores them all.
+            groups_per_call: Groups per forward pass.
         """
-        groups = self.test_groups
+        groups = self.test_groups if groups is None else groups
         groups_per_call = groups_per_call or max(1024 // groups.shape[1], 1)
         scored = min(groups.size, len(self.x_test))  # the filler of the last group is not scored
         before = recalibration.snapshot(self.layers)
@@ -467,15 +514,24 @@ class Run:
     def row(self, step, wall_seconds):
         loss, r, d, count, correct = (float(v) for v in self.sums.numpy())
         self.sums.assign(tf.zeros_like(self.sums))
-        accuracy, val_loss = self.evaluate()
-        recalibrated_accuracy, recalibrated_loss = self.evaluate_recalibrated()
+        if self.preset.evaluates_in_full(step) or self.curve_groups is None:
+            groups, indices = None, None
+        else:  # the same examples for the three test accuracies: their differences pair
+            groups = self.curve_groups
+            indices = groups.ravel()
+        accuracy, val_loss = self.evaluate(indices)
+        recalibrated_accuracy, recalibrated_loss = self.evaluate_recalibrated(indices)
+        train_accuracy_inference, train_loss_inference = self.evaluate_training_examples()
         row = {"step": step, "val_accuracy": accuracy, "val_loss": val_loss,
                "val_accuracy_recalibrated": recalibrated_accuracy,
                "val_loss_recalibrated": recalibrated_loss,
                "train_loss": loss / max(count, 1), "r_clipped": r / max(count, 1),
                "d_clipped": d / max(count, 1), "wall_seconds": round(wall_seconds, 2),
                "train_accuracy": correct / max(count * self.preset.minibatch_size, 1),
-               "val_accuracy_minibatch_stats": self.evaluate_minibatch_statistics()}
+               "val_accuracy_minibatch_stats": self.evaluate_minibatch_statistics(groups),
+               "train_loss_inference": train_loss_inference,
+               "train_accuracy_inference": train_accuracy_inference,
+               "test_examples": len(self.x_test) if indices is None else len(indices)}
         return row
 
 

@@ -19,12 +19,16 @@ import numpy as np
 # training minibatches since the last evaluation; `val_accuracy_minibatch_stats` is the
 # test split in training mode, in groups of the arm's own size drawn as its training
 # groups are, so that each group is normalized by its own statistics. Inference minus
-# that accuracy is the train/inference mismatch. (Results written before the last two
-# columns existed lack them, and load without them.)
+# that accuracy is the train/inference mismatch. `train_loss` is measured in training
+# mode too, so `train_loss_inference` and `train_accuracy_inference` score the inference
+# model on fixed training examples instead. `test_examples` is how many test examples
+# the row's three test accuracies scored (a sample before the last quarter of a run).
+# (Results written before a column existed lack it, and load without it.)
 COLUMNS = ["step", "val_accuracy", "val_loss", "val_accuracy_recalibrated",
            "val_loss_recalibrated", "train_loss", "r_clipped", "d_clipped", "wall_seconds",
-           "train_accuracy", "val_accuracy_minibatch_stats"]
-INTEGER_COLUMNS = ("step",)
+           "train_accuracy", "val_accuracy_minibatch_stats", "train_loss_inference",
+           "train_accuracy_inference", "test_examples"]
+INTEGER_COLUMNS = ("step", "test_examples")
 BASELINE_GROUP = 32  # each of the paper's workers normalized its own 32 examples
 SETTINGS_FILE = "settings.json"
 
@@ -138,7 +142,7 @@ def rows_to_csv(rows):
 
 
 def read_csv(path):
-    """Rows of a result CSV as dicts of numbers: `step` an int, the rest floats.
+    """Rows of a result CSV as dicts of numbers: `step` and `test_examples` ints, the rest floats.
 
     Written back with `rows_to_csv`, the rows give the same bytes (floats print as
     their shortest repr, which reads back to the same float).

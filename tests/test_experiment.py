@@ -342,6 +342,66 @@ def test_iid_minibatch_statistics_score_every_test_example_once_in_random_groups
         np.testing.assert_array_equal(variable.numpy(), value, err_msg=variable.name)
 
 
+@pytest.mark.parametrize("name", ["quick", "cpu", "noniid_quick", "noniid"])
+def test_the_last_quarter_and_the_final_evaluations_score_the_whole_test_split(name):
+    preset = experiment.get_preset(name)
+    steps = np.arange(preset.eval_every, preset.steps + 1, preset.eval_every)
+    full = [step for step in steps if preset.evaluates_in_full(step)]
+    assert full == [step for step in steps if step >= 0.75 * preset.steps]
+    assert set(steps[-preset.final_evaluations:]) <= set(full)
+    # Forced into the final window even when it reaches back before the last quarter.
+    longer = experiment.get_preset(name, final_evaluations=len(steps))
+    assert all(longer.evaluates_in_full(step) for step in steps)
+
+
+def logits_of(run, images):
+    return run.model(images, training=False).numpy()
+
+
+def accuracy_and_loss(logits, labels):
+    """Accuracy and mean cross-entropy from logits, in NumPy."""
+    shifted = logits - logits.max(axis=-1, keepdims=True)
+    log_probs = shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
+    return (np.mean(logits.argmax(axis=-1) == labels),
+            -np.mean(log_probs[np.arange(len(labels)), labels]))
+
+
+def test_early_rows_score_the_first_test_groups_and_late_rows_the_whole_split():
+    preset = experiment.get_preset("quick", **dict(TINY, curve_test_examples=9))
+    run = experiment.Run(preset, "batchnorm", 0, tiny_data())
+    for step in range(5):
+        run.train_step(step)
+    assert run.curve_groups.shape == (5, 2)  # 9 examples round up to whole groups of 2
+    picks = np.random.default_rng([0, 19]).permutation(40)[:10]  # the run's test order
+    np.testing.assert_array_equal(run.curve_groups.ravel(), picks)
+    early = run.row(5, 0.0)
+    assert not preset.evaluates_in_full(5) and early["test_examples"] == 10
+    accuracy, loss = accuracy_and_loss(logits_of(run, run.x_test[picks]), run.y_test[picks])
+    assert early["val_accuracy"] == pytest.approx(accuracy)
+    assert early["val_loss"] == pytest.approx(loss, rel=1e-5)
+    assert early["val_accuracy_minibatch_stats"] == run.evaluate_minibatch_statistics(
+        run.curve_groups)
+    late = run.row(preset.steps, 0.0)
+    assert late["test_examples"] == 40
+    accuracy, loss = accuracy_and_loss(logits_of(run, run.x_test), run.y_test)
+    assert late["val_accuracy"] == pytest.approx(accuracy)
+    assert late["val_accuracy_minibatch_stats"] == run.evaluate_minibatch_statistics()
+
+
+def test_inference_model_is_scored_on_fixed_training_examples():
+    preset = experiment.get_preset("quick", **dict(TINY, curve_test_examples=50))
+    run = experiment.Run(preset, "batchrenorm", 3, tiny_data())
+    probe = np.random.default_rng([3, 11]).permutation(96)[:50]
+    np.testing.assert_array_equal(run.train_probe, probe)
+    for step in range(5):
+        run.train_step(step)
+    row = run.row(5, 0.0)
+    accuracy, loss = accuracy_and_loss(logits_of(run, run.x_train[probe]), run.y_train[probe])
+    assert row["train_accuracy_inference"] == pytest.approx(accuracy)
+    assert row["train_loss_inference"] == pytest.approx(loss, rel=1e-5)
+    assert experiment.Run(preset, "batchnorm", 4, tiny_data()).curve_groups is None  # 50 > 40
+
+
 def test_minibatch_statistics_leave_dropout_off():
     # Dropout at 0.5 would make training-mode calls random; the evaluation repeats exactly.
     run = experiment.Run(experiment.get_preset("quick", **TINY), "batchnorm", 0, tiny_data())
