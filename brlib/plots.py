@@ -13,12 +13,15 @@ from brlib.results import (ARMS, final_values, load_results, mean_band,  # noqa:
 
 # Final accuracies for context (%): Ioffe (2017), Figure 2, ImageNet, Inception-v3;
 # and the student reproduction on CIFAR-100.
-REFERENCE = [("paper, groups of 32", "78.3"), ("paper, batchnorm (4)", "74.2"),
-             ("paper, batch renorm (4)", "76.5"), ("seed, batchnorm (2)", "17.7"),
-             ("seed, batch renorm (2)", "25.7")]
+# Microbatch sizes in brackets.
+REFERENCE = [("paper, batch norm, groups of 32", "78.3"), ("paper, batch norm (4)", "74.2"),
+             ("paper, batch renorm (4)", "76.5"), ("student, CIFAR-100, batch norm (2)", "17.7"),
+             ("student, CIFAR-100, batch renorm (2)", "25.7")]
 PANELS = [("val_accuracy", "test accuracy (%), moving averages", 100),
-          ("val_accuracy_recalibrated", "test accuracy (%), recalibrated", 100),
-          ("train_loss", "training loss (training mode)", 1)]
+          ("val_accuracy_recalibrated", "test accuracy (%), recalibrated", 100)]
+# Solid: the inference network on fixed training examples (what training fitted); dashed:
+# training mode on each step's minibatch (for batch norm over microbatches, a noisy pass).
+LOSSES = (("train_loss_inference", "-"), ("train_loss", "--"))
 MISMATCH = ("val_accuracy", "val_accuracy_minibatch_stats")  # inference − minibatch statistics
 
 
@@ -34,16 +37,28 @@ def _curves(ax, results, column, scale, last):
         if column not in curves.columns:
             continue
         mean, half = mean_band(scale * curves[column])
-        label = ARMS[arm].label
-        if column != "train_loss":
-            final, sd = final_accuracy(curves[column], last)
-            label += f" ({final:.1f}% ± {sd:.1f}, {len(curves.seeds)} seeds)"
+        final, sd = final_accuracy(curves[column], last)
+        label = f"{ARMS[arm].label} ({final:.1f}% ± {sd:.1f}, {len(curves.seeds)} seeds)"
         ax.plot(curves.steps, mean, color=ARMS[arm].color, label=label)
         ax.fill_between(curves.steps, mean - half, mean + half, color=ARMS[arm].color, alpha=0.2)
     ax.grid(alpha=0.3)
-    ax.legend(loc="upper right" if column == "train_loss" else "lower right", fontsize=7,
-              title="mean, band: 95 % CI of the mean" if column != "train_loss" else None,
+    ax.legend(loc="lower right", fontsize=7, title="mean, band: 95 % CI of the mean",
               title_fontsize=7)
+
+
+def _losses(ax, results):
+    """Per arm, the seed-mean training loss of the inference network and in training mode."""
+    for arm, curves in results.items():
+        for column, style in LOSSES:
+            if column in curves.columns:
+                ax.plot(curves.steps, curves[column].mean(axis=0), style, color=ARMS[arm].color,
+                        label=ARMS[arm].label if style == "-" or LOSSES[0][0] not in
+                        curves.columns else None)
+    ax.plot([], [], "-", color="grey", label="inference network, fixed training examples")
+    ax.plot([], [], "--", color="grey", label="training mode, each step's minibatch")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="upper right", fontsize=7, title="seed means", title_fontsize=7)
+    ax.set(xlabel="training step", ylabel="training loss (cross-entropy)")
 
 
 def _mismatch(ax, results, last):
@@ -88,18 +103,20 @@ def figure2(results, title, last=1):
 
     Panels: test accuracy of the inference model with moving averages, the
     same recalibrated, the train/inference mismatch (inference minus
-    minibatch-statistics accuracy), and the training loss. Legends give the
+    minibatch-statistics accuracy), and the training loss, of the inference
+    network on fixed training examples (solid, where the results have it)
+    and in training mode on each step's minibatch (dashed). Legends give the
     final accuracy (mean of the last `last` evaluations) as mean ± sd over
     seeds, and the final mismatch with its paired 95 % interval.
     """
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 5, figsize=(23, 4.6), width_ratios=[3, 3, 3, 3, 1.6])
-    accuracy, recalibrated, loss = PANELS
-    for ax, (column, ylabel, scale) in zip(axes[[0, 1, 3]], (accuracy, recalibrated, loss)):
+    for ax, (column, ylabel, scale) in zip(axes[:2], PANELS):
         _curves(ax, results, column, scale, last)
         ax.set(xlabel="training step", ylabel=ylabel)
     _mismatch(axes[2], results, last)
+    _losses(axes[3], results)
     axes[0].set_title(title, loc="left")
     _reference_table(axes[4], REFERENCE)
     fig.tight_layout()

@@ -299,27 +299,69 @@ def paired_difference(results, arm, reference, column="val_accuracy", last=1):
     return Difference(arm, reference, column, len(common), mean, sd, low, high)
 
 
-def steady_state(curves, column="val_accuracy"):
-    """How far the seed mean moves over the last quarter, against the seed sd at the end.
+@dataclasses.dataclass(frozen=True)
+class Steadiness:
+    """How far a paired difference moved over the last quarter of the runs, in points."""
 
-    Returns (largest |mean(t) − mean(end)| over the evaluations in the last
-    quarter of the run, sd over seeds at the last evaluation), in points. The
-    run is at a steady state when the first is smaller than the second.
+    arm: str
+    reference: str
+    column: str
+    drift: float
+    half_width: float
+
+    @property
+    def steady(self):
+        """Whether the difference moved no more than the half-width of its 95 % interval."""
+        return self.drift <= self.half_width
+
+
+def format_difference(diff):
+    """A difference as "mean [low, high]", saying so when its interval includes zero, and
+    when every seed gave the same difference (no interval to speak of)."""
+    if diff.sd == 0:
+        return ("identical in every seed" if diff.mean == 0
+                else f"{diff.mean:+.2f} in every seed")
+    mark = "" if diff.distinguishable else " (not distinguishable from 0)"
+    return f"{diff.mean:+.2f} [{diff.low:+.2f}, {diff.high:+.2f}]{mark}"
+
+
+def steady_state(results, arm, reference, column="val_accuracy", last=1):
+    """Whether the difference `arm` − `reference` has settled, against its own uncertainty.
+
+    With D(t) the seed mean of the paired difference at evaluation t (the
+    seeds both arms have) and D the difference reported (the mean of the last
+    `last` evaluations), the drift is the largest |D(t) − D| over the
+    evaluations in the last quarter of the run. The comparison is read at a
+    steady state when the drift is no larger than the half-width of D's 95 %
+    interval: over the last quarter the difference moved no more than the
+    uncertainty of the number reported.
     """
-    values = 100 * np.asarray(curves[column])
-    steps = curves.steps
-    last_quarter = steps >= 0.75 * steps[-1]
-    mean = values.mean(axis=0)
-    drift = float(np.max(np.abs(mean[last_quarter] - mean[-1])))
-    sd = float(values[:, -1].std(ddof=1)) if len(values) > 1 else float("nan")
-    return drift, sd
+    a, b = results[arm], results[reference]
+    common = sorted(set(a.seeds) & set(b.seeds))
+    if not common:
+        raise ValueError(f"arms {arm!r} and {reference!r} share no seed")
+    if not np.array_equal(a.steps, b.steps):
+        raise ValueError(f"arms {arm!r} and {reference!r} were evaluated at different steps")
+    pick = lambda curves: 100 * np.asarray(curves[column])[[curves.seeds.index(s)
+                                                            for s in common]]
+    deltas = pick(a) - pick(b)  # (seeds, evaluations)
+    reported = final_values(deltas, last)
+    in_last_quarter = a.steps >= 0.75 * a.steps[-1]
+    drift = float(np.max(np.abs(deltas.mean(axis=0)[in_last_quarter] - reported.mean())))
+    _, _, (low, high) = t_interval(reported)
+    return Steadiness(arm, reference, column, drift, (high - low) / 2)
 
 
 def format_table(results, last, reference="batchnorm"):
-    """A Markdown table of each arm's final accuracy and its paired difference to `reference`."""
+    """A Markdown table of each arm's final accuracy and its paired difference to `reference`.
+
+    The last column checks each difference for a steady state (`steady_state`):
+    its drift over the last quarter against its interval's half-width, with
+    moving averages, then recalibrated.
+    """
     lines = ["| arm | seeds | moving averages (%) | recalibrated (%) | "
              f"− {ARMS[reference].label}, moving averages | − {ARMS[reference].label}, "
-             "recalibrated | last-quarter drift / end sd |",
+             "recalibrated | steady: last-quarter drift ≤ half-width |",
              "|---|---|---|---|---|---|---|"]
     for arm, curves in results.items():
         cells = [ARMS[arm].label, str(len(curves.seeds))]
@@ -330,11 +372,15 @@ def format_table(results, last, reference="batchnorm"):
             if arm == reference or reference not in results:
                 cells.append("—")
                 continue
-            diff = paired_difference(results, arm, reference, column, last)
-            mark = "" if diff.distinguishable else " (not distinguishable from 0)"
-            cells.append(f"{diff.mean:+.2f} [{diff.low:+.2f}, {diff.high:+.2f}]{mark}")
-        drift, sd = steady_state(curves)
-        cells.append(f"{drift:.2f} / {sd:.2f}")
+            cells.append(format_difference(paired_difference(results, arm, reference,
+                                                             column, last)))
+        if arm == reference or reference not in results:
+            cells.append("—")
+        else:
+            steady = [steady_state(results, arm, reference, column, last)
+                      for column in ("val_accuracy", "val_accuracy_recalibrated")]
+            cells.append(", ".join(f"{x.drift:.2f} {'≤' if x.steady else '>'} {x.half_width:.2f}"
+                                   for x in steady))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

@@ -25,7 +25,9 @@ def test_figure2_draws_means_with_95_percent_bands_and_final_values(tmp_path):
     np.testing.assert_allclose(moving.get_lines()[0].get_ydata(), 100 * accuracies.mean(0))
     np.testing.assert_allclose(recalibrated.get_lines()[0].get_ydata(),
                                100 * (accuracies - 0.1).mean(0))
+    # The loss panel: the training-mode loss dashed (these runs predate the inference one).
     np.testing.assert_allclose(loss.get_lines()[0].get_ydata(), (2 - accuracies).mean(0))
+    assert loss.get_lines()[0].get_linestyle() == "--"
     # The mismatch panel: inference − minibatch statistics per evaluation, and in the legend
     # the final value with its paired t-interval.
     np.testing.assert_allclose(mismatch.get_lines()[0].get_ydata(),
@@ -38,6 +40,25 @@ def test_figure2_draws_means_with_95_percent_bands_and_final_values(tmp_path):
     half = stats.t.ppf(0.975, 2) * stats.sem(100 * accuracies, axis=0)
     upper = 100 * accuracies.mean(0) + half
     assert np.isclose(band[:, 1].max(), upper.max())
+
+
+def test_figure2_draws_the_inference_loss_solid_beside_the_training_mode_loss(tmp_path):
+    accuracies = np.array([[0.3, 0.8], [0.4, 0.9]])
+    write_runs(tmp_path, "batchnorm", accuracies)
+    for seed, values in enumerate(accuracies):  # add the inference-network loss to each CSV
+        path = tmp_path / "quick" / f"batchnorm_seed{seed}.csv"
+        rows = results.read_csv(path)
+        for row, value in zip(rows, values):
+            row["train_loss_inference"] = 1.0 - value
+        path.write_bytes(results.rows_to_csv(rows))
+    fig = plots.figure2(results.load_results(tmp_path, "quick"), "test")
+    solid, dashed = fig.axes[3].get_lines()[:2]
+    assert (solid.get_linestyle(), dashed.get_linestyle()) == ("-", "--")
+    np.testing.assert_allclose(solid.get_ydata(), (1 - accuracies).mean(0))
+    np.testing.assert_allclose(dashed.get_ydata(), (2 - accuracies).mean(0))
+    labels = [text.get_text() for text in fig.axes[3].get_legend().get_texts()]
+    assert labels == ["Batchnorm", "inference network, fixed training examples",
+                      "training mode, each step's minibatch"]
 
 
 def test_figure3_draws_each_column_and_the_papers_numbers(tmp_path):

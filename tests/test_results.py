@@ -105,16 +105,31 @@ def test_t_interval_and_band_agree_with_scipy():
                                       2 * (expected[1] - samples.mean())])
 
 
-def test_steady_state_compares_last_quarter_drift_with_seed_sd(tmp_path):
+def test_steady_state_compares_the_difference_drift_with_its_own_half_width(tmp_path):
     # Evaluations at steps 10 … 80: the last quarter is steps 60, 70, 80.
-    settled = [[0.1, 0.3, 0.5, 0.6, 0.7, 0.80, 0.81, 0.80],
-               [0.1, 0.3, 0.5, 0.6, 0.7, 0.82, 0.83, 0.84]]
-    write_runs(tmp_path, "batchnorm", settled)
-    drift, sd = results.steady_state(results.load_results(tmp_path, "quick")["batchnorm"])
-    mean = 100 * np.mean(settled, axis=0)
-    assert drift == pytest.approx(np.max(np.abs(mean[5:] - mean[-1])))
-    assert sd == pytest.approx(100 * np.std([0.80, 0.84], ddof=1))
-    assert drift < sd
+    reference = [[0.1, 0.3, 0.5, 0.6, 0.7, 0.80, 0.81, 0.80],
+                 [0.1, 0.3, 0.5, 0.6, 0.7, 0.82, 0.83, 0.84],
+                 [0.2, 0.3, 0.4, 0.6, 0.7, 0.79, 0.80, 0.80]]
+    # Still climbing against the reference: +0, +1, +2 points over the last quarter.
+    climbing = [[v + (0.01 * (i - 5) if i >= 5 else 0.0) + 0.002 * (seed % 2)
+                 for i, v in enumerate(row)] for seed, row in enumerate(reference)]
+    write_runs(tmp_path, "batchnorm", reference)
+    write_runs(tmp_path, "batchrenorm", climbing)
+    loaded = results.load_results(tmp_path, "quick")
+    check = results.steady_state(loaded, "batchrenorm", "batchnorm", last=2)
+    # Reference: NumPy and SciPy on the per-seed differences.
+    deltas = 100 * (np.array(climbing) - np.array(reference))
+    reported = deltas[:, -2:].mean(axis=1)
+    expected_drift = np.max(np.abs(deltas.mean(axis=0)[5:] - reported.mean()))
+    half = stats.t.ppf(0.975, 2) * reported.std(ddof=1) / np.sqrt(3)
+    assert check.drift == pytest.approx(expected_drift) and check.half_width == pytest.approx(half)
+    assert check.steady == (expected_drift <= half)
+    # The same difference with the trend gone is steady; identical arms are steady too.
+    write_runs(tmp_path, "baseline", [[v + 0.002 * (seed % 2) for v in row]
+                                      for seed, row in enumerate(reference)])
+    flat = results.steady_state(results.load_results(tmp_path, "quick"), "baseline", "batchnorm")
+    assert flat.drift == pytest.approx(0.0, abs=1e-9) and flat.steady
+    assert not results.steady_state(loaded, "batchrenorm", "batchnorm", last=1).steady
 
 
 def test_table_names_each_difference_and_whether_it_is_distinguishable(tmp_path):
@@ -191,3 +206,12 @@ def test_csv_rows_read_back_to_the_same_bytes(tmp_path):
     assert results.rows_to_csv(again) == path.read_bytes()
     with pytest.raises(ValueError):
         results.rows_to_csv([dict(rows[0], unknown=1.0)])
+
+
+def test_a_difference_that_is_the_same_in_every_seed_is_said_so():
+    same = results.Difference("a", "b", "val_accuracy", 3, 0.0, 0.0, 0.0, 0.0)
+    assert results.format_difference(same) == "identical in every seed"
+    shifted = results.Difference("a", "b", "val_accuracy", 3, 1.5, 0.0, 1.5, 1.5)
+    assert results.format_difference(shifted) == "+1.50 in every seed"
+    wide = results.Difference("a", "b", "val_accuracy", 3, 0.5, 1.0, -0.2, 1.2)
+    assert results.format_difference(wide) == "+0.50 [-0.20, +1.20] (not distinguishable from 0)"
