@@ -11,6 +11,7 @@ import hashlib
 import io
 import os
 import pickle
+import re
 import tarfile
 from pathlib import Path
 
@@ -177,12 +178,29 @@ def _images(uint8_images):
 
 
 LOADERS = {"fashion_mnist": fashion_mnist, "cifar10": cifar10, "cifar100": cifar100}
+# The glyph dataset (brlib.glyphs), rendered here: "glyphs300" has 300 classes.
+GLYPHS = re.compile(r"glyphs([1-9][0-9]*)")
+
+
+def is_known(name):
+    """Whether `name` names a dataset that `load` knows."""
+    return name in LOADERS or bool(GLYPHS.fullmatch(str(name)))
 
 
 def load(name, data_dir=None, download=True):
-    """Loads a dataset by name: one of `fashion_mnist`, `cifar10`, `cifar100`."""
+    """Loads a dataset by name: `fashion_mnist`, `cifar10`, `cifar100`, or `glyphs<classes>`.
+
+    The glyph dataset is rendered from installed fonts (and cached), never
+    downloaded: `data_dir` and `download` do not apply to it.
+    """
+    glyphs = GLYPHS.fullmatch(str(name))
+    if glyphs:
+        from brlib import glyphs as glyph_dataset
+
+        return glyph_dataset.load(int(glyphs.group(1)))
     if name not in LOADERS:
-        raise ValueError(f"`name` must be one of {sorted(LOADERS)}; got name={name!r}.")
+        raise ValueError(f"`name` must be one of {sorted(LOADERS)} or glyphs<classes> (for "
+                         f"example glyphs300); got name={name!r}.")
     return LOADERS[name](data_dir=data_dir, download=download)
 
 
