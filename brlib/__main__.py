@@ -1,4 +1,5 @@
-"""Command line: `python -m brlib reproduce --preset quick`, then `python -m brlib figure --preset quick`."""
+"""Command line: `python -m brlib reproduce --preset quick`, then `python -m brlib figure --preset
+quick`; `python -m brlib report` writes the results page."""
 
 import argparse
 import os
@@ -39,6 +40,10 @@ def _parser():
                         f"{' '.join(NONIID_ARMS)})")
     figure.add_argument("--results-dir", default="data/results")
     figure.add_argument("--figures-dir", default="figures")
+    report = commands.add_parser("report", help="write the results page (docs/results.md) "
+                                 "from the result files")
+    report.add_argument("--results-dir", default="data/results")
+    report.add_argument("--out", default="docs/results.md")
     return parser
 
 
@@ -88,11 +93,20 @@ def figure(args):
         print(path)
 
 
+def report(args):
+    from brlib import report as results_page
+
+    print(results_page.write(args.results_dir, args.out))
+
+
+COMMANDS = {"reproduce": reproduce, "figure": figure, "report": report}
+
+
 def main(argv=None):
     args = _parser().parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     try:
-        (reproduce if args.command == "reproduce" else figure)(args)
+        COMMANDS[args.command](args)
     except (ValueError, FileNotFoundError, RuntimeError) as error:  # incl. a failed or lost run
         print(f"error: {error}", file=sys.stderr)
         return 2

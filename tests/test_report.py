@@ -1,0 +1,53 @@
+"""brlib.report: the results page against the committed results and against statistics done here."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+from scipy import stats
+from test_results import write_runs
+
+from brlib import __main__ as cli
+from brlib import report, results
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_the_committed_results_page_is_what_the_results_generate():
+    committed = (ROOT / "docs" / "results.md").read_text()
+    assert committed == report.generate(ROOT / "data" / "results"), (
+        "docs/results.md is stale: run `python -m brlib report`")
+
+
+def write_settings(directory, preset="quick", last=1):
+    settings = {"dataset": "fashion_mnist", "steps": 80, "minibatch_size": 128,
+                "microbatch_size": 2, "widths": [8, 16, 32], "sampling": "iid", "threads": 1,
+                "final_evaluations": last}
+    path = Path(directory) / preset / results.SETTINGS_FILE
+    results.write_atomic(path, json.dumps(settings).encode())
+
+
+def test_ablations_are_compared_with_their_twins(tmp_path):
+    base = np.array([[0.5, 0.70, 0.71], [0.5, 0.72, 0.73], [0.5, 0.69, 0.70]])
+    bug = base - np.array([[0.0, 0.02, 0.03], [0.0, 0.01, 0.01], [0.0, 0.02, 0.02]])
+    write_runs(tmp_path, "batchrenorm", base)
+    write_runs(tmp_path, "batchrenorm_seedbug", bug)
+    write_settings(tmp_path, last=2)
+    page = report.generate(tmp_path)
+    deltas = 100 * (bug[:, -2:].mean(1) - base[:, -2:].mean(1))
+    low, high = stats.t.interval(0.95, 2, loc=deltas.mean(), scale=stats.sem(deltas))
+    row = next(line for line in page.splitlines() if line.startswith("| Batch Renorm, α = 0.99 − "))
+    assert f"{deltas.mean():+.2f} [{low:+.2f}, {high:+.2f}]" in row
+    assert "## `quick`" in page and "mean of the last 2 evaluations" in page
+    # The main table leaves the ablation out; the mismatch table lists every arm.
+    main_table = page.split("Final accuracies")[1].split("Within each arm")[0]
+    assert "α = 0.99" not in main_table
+
+
+def test_report_command_writes_the_page(tmp_path, capsys):
+    write_runs(tmp_path / "results", "batchnorm", [[0.5, 0.6], [0.55, 0.62]])
+    write_settings(tmp_path / "results")
+    out = tmp_path / "docs" / "results.md"
+    assert cli.main(["report", "--results-dir", str(tmp_path / "results"), "--out", str(out)]) == 0
+    assert out.read_text() == report.generate(tmp_path / "results")
+    assert str(out) in capsys.readouterr().out
