@@ -43,19 +43,10 @@ def reproduce(out, preset, *options):
     return time.perf_counter() - started
 
 
-def without_wall_seconds(path):
-    lines = Path(path).read_text().splitlines()
-    column = lines[0].split(",").index("wall_seconds")
-    return [[v for i, v in enumerate(line.split(",")) if i != column] for line in lines]
-
-
 def same_files(a, b):
     """Whether two results directories hold the same CSV names and contents (but wall time)."""
-    names = sorted(p.name for p in Path(a).glob("*.csv"))
-    if names != sorted(p.name for p in Path(b).glob("*.csv")):
-        return False
-    return all(without_wall_seconds(Path(a) / n) == without_wall_seconds(Path(b) / n)
-               for n in names)
+    return sorted(p.name for p in Path(b).glob("*.csv")) == sorted(
+        p.name for p in Path(a).glob("*.csv")) and all(results.same_runs(a, b).values())
 
 
 def minutes(seconds):

@@ -40,6 +40,9 @@ def _parser():
                         f"{' '.join(NONIID_ARMS)})")
     figure.add_argument("--results-dir", default="data/results")
     figure.add_argument("--figures-dir", default="figures")
+    figure.add_argument("--compare", metavar="DIR", help="results directory to set these "
+                        "results beside (e.g. the committed data/results): its table, and "
+                        "whether each run's CSV is the same there")
     report = commands.add_parser("report", help="write the results page (docs/results.md) "
                                  "from the result files")
     report.add_argument("--results-dir", default="data/results")
@@ -91,6 +94,30 @@ def figure(args):
     name = f"figure{3 if pairs else 2}_{args.preset}"
     for path in plots.save_figure(fig, name, args.figures_dir):
         print(path)
+    if args.compare:
+        _compare(args, settings, last)
+
+
+def _compare(args, settings, last):
+    """Prints the results of `args.compare` for the same preset, and whether the runs agree."""
+    from brlib import results
+
+    other = results.load_settings(args.compare, args.preset)
+    print(f"\nBeside {os.path.join(args.compare, args.preset)}:")
+    if other is None:
+        print("  no results of this preset there.")
+        return
+    if {k: v for k, v in other.items() if k != "seeds"} != {
+            k: v for k, v in settings.items() if k != "seeds"}:
+        print("  recorded with other settings: the runs are not comparable one to one.")
+    else:
+        same = results.same_runs(os.path.join(args.results_dir, args.preset),
+                                 os.path.join(args.compare, args.preset))
+        print(f"  same settings; {sum(same.values())} of {len(same)} runs wrote the same CSV "
+              "there, apart from wall_seconds" + ("" if all(same.values()) else
+                                                  f" (differ: {[n for n, ok in same.items() if not ok]})"))
+    print()
+    print(results.format_table(results.load_results(args.compare, args.preset), last))
 
 
 def report(args):

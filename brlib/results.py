@@ -141,6 +141,19 @@ def rows_to_csv(rows):
     return text.getvalue().encode()
 
 
+def same_runs(directory, other):
+    """Per result CSV of `directory`: whether `other` holds the same file, byte for byte
+    apart from the `wall_seconds` column. Returns {file name: bool}."""
+    def without_wall_seconds(path):
+        lines = Path(path).read_text().splitlines()
+        column = lines[0].split(",").index("wall_seconds")
+        return [[v for i, v in enumerate(line.split(",")) if i != column] for line in lines]
+
+    return {path.name: (Path(other) / path.name).is_file()
+            and without_wall_seconds(path) == without_wall_seconds(Path(other) / path.name)
+            for path in sorted(Path(directory).glob("*.csv"))}
+
+
 def read_csv(path):
     """Rows of a result CSV as dicts of numbers: `step` and `test_examples` ints, the rest floats.
 

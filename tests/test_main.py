@@ -37,3 +37,25 @@ def test_figure_prints_the_table_of_every_arm_and_draws_the_main_ones(tmp_path, 
 def test_figure_without_results_says_how_to_make_them(tmp_path, capsys):
     assert cli.main(["figure", "--preset", "quick", "--results-dir", str(tmp_path)]) == 2
     assert "python -m brlib reproduce --preset quick" in capsys.readouterr().err
+
+
+def test_figure_sets_a_rerun_beside_the_committed_results(tmp_path, capsys):
+    for root in ("runs", "committed"):
+        results.record_settings(tmp_path / root / "quick", {"final_evaluations": 1})
+        write_runs(tmp_path / root, "batchnorm", [[0.50, 0.60], [0.52, 0.62]])
+    # The same run twice, then a different one: only wall_seconds may differ.
+    path = tmp_path / "runs" / "quick" / "batchnorm_seed0.csv"
+    path.write_text(path.read_text().replace(",1.0\n", ",7.5\n"))
+    assert results.same_runs(tmp_path / "runs" / "quick", tmp_path / "committed" / "quick") == {
+        "batchnorm_seed0.csv": True, "batchnorm_seed1.csv": True}
+    write_runs(tmp_path / "committed", "batchnorm", [[0.50, 0.60], [0.52, 0.63]])
+    code = cli.main(["figure", "--preset", "quick", "--results-dir", str(tmp_path / "runs"),
+                     "--figures-dir", str(tmp_path / "figures"),
+                     "--compare", str(tmp_path / "committed")])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "same settings; 1 of 2 runs wrote the same CSV" in out and "batchnorm_seed1.csv" in out
+    results.write_atomic(tmp_path / "committed" / "quick" / results.SETTINGS_FILE, b'{"steps": 9}')
+    cli.main(["figure", "--preset", "quick", "--results-dir", str(tmp_path / "runs"),
+              "--figures-dir", str(tmp_path / "figures"), "--compare", str(tmp_path / "committed")])
+    assert "recorded with other settings" in capsys.readouterr().out
