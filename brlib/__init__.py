@@ -15,15 +15,15 @@ from brlib._startup import import_tensorflow, intended_backend
 if intended_backend() == "tensorflow":
     import_tensorflow()  # first, so that TensorFlow's start-up lines honour TF_CPP_MIN_LOG_LEVEL
 
-from brlib import (data, diagnostics, models, plots, results, sampling, solutions,  # noqa: E402
-                   validation, widgets)
+from brlib import (convert, data, diagnostics, models, plots, results, sampling,  # noqa: E402
+                   solutions, validation, widgets)
 from brlib.layers import BatchRenormalization  # noqa: E402
 from brlib.recalibration import recalibrate, recalibrated  # noqa: E402
 from brlib.schedule import RenormSchedule, renorm_layers  # noqa: E402
 
 __version__ = "0.1.0"
 
-__all__ = ["data", "diagnostics", "experiment", "models", "plots", "results", "sampling",
+__all__ = ["convert", "data", "diagnostics", "experiment", "models", "plots", "results", "sampling",
            "solutions", "validation", "widgets",
            "BatchRenormalization", "RenormSchedule", "recalibrate", "recalibrated",
            "renorm_layers", "__version__"]

@@ -1,12 +1,14 @@
 """The batch renormalization layer, over whole batches or contiguous microbatches."""
 
+import math
+import numbers
 from typing import NamedTuple
 
 import keras
 import numpy as np
 from keras import ops
 
-from brlib.validation import check_integer, check_number
+from brlib.validation import check_integer, check_number, check_value
 
 
 def check_rmax(rmax):
@@ -23,6 +25,29 @@ def _check_microbatch_size(microbatch_size):
     if microbatch_size is not None:
         check_integer("microbatch_size", microbatch_size,
                       "None (normalize the whole batch) or a positive integer", lambda v: v > 0)
+
+
+def _check_bool(name, value):
+    if not isinstance(value, (bool, np.bool_)):
+        raise ValueError(f"`{name}` must be True or False; got {name}={value!r}.")
+
+
+def floor_stddev(stddev, epsilon):
+    """σ as it divides: max(σ, √ε), so that a moving σ of zero gives no 0/0.
+
+    σ_B = sqrt(var_B + ε) is never below √ε, so the floor changes nothing once
+    σ has followed σ_B for a while; it matters for a σ initialized at zero
+    (`moving_stddev_initializer="zeros"`), where a channel whose µ_B equals µ
+    would otherwise give d = 0/0. Keras's renorm floors its σ the same way.
+
+    Args:
+        stddev: The moving standard deviation σ, any shape.
+        epsilon: The ε of σ_B = sqrt(var_B + ε), > 0.
+
+    Returns:
+        max(σ, √ε), elementwise.
+    """
+    return ops.maximum(stddev, math.sqrt(epsilon))
 
 
 def clip_corrections(r, d, rmax, dmax):
@@ -58,7 +83,8 @@ class Renormalized(NamedTuple):
     d_clipped: object  # where (µ_B − µ)/σ fell outside [−dmax, dmax]
 
 
-def batch_renorm(x, mean_b, sigma_b, mean, stddev, rmax, dmax, gamma=1.0, beta=0.0):
+def batch_renorm(x, mean_b, sigma_b, mean, stddev, rmax, dmax, gamma=1.0, beta=0.0,
+                 epsilon=1e-3):
     """Algorithm 1's training-mode arithmetic, from the statistics to the output.
 
     The pure core of `BatchRenormalization`: the layer computes the statistics
@@ -73,11 +99,14 @@ def batch_renorm(x, mean_b, sigma_b, mean, stddev, rmax, dmax, gamma=1.0, beta=0
         mean_b: µ_B of each microbatch and channel.
         sigma_b: σ_B = sqrt(var_B + ε) of each microbatch and channel.
         mean: The moving mean µ.
-        stddev: The moving standard deviation σ.
+        stddev: The moving standard deviation σ. It divides as max(σ, √ε)
+            (`floor_stddev`), so σ = 0 gives no NaN.
         rmax: Clip bound for r, >= 1.
         dmax: Clip bound for d, >= 0.
         gamma: The learned scale γ.
         beta: The learned offset β.
+        epsilon: The ε of σ_B = sqrt(var_B + ε), which sets σ's floor √ε;
+            the layer passes its own, and the default is the layer's default.
 
     Returns:
         A `Renormalized` (outputs, r, d, r_clipped, d_clipped).
@@ -89,6 +118,7 @@ def batch_renorm(x, mean_b, sigma_b, mean, stddev, rmax, dmax, gamma=1.0, beta=0
     x, mean_b, sigma_b, mean, stddev, gamma, beta = (
         ops.convert_to_tensor(v) if isinstance(v, np.ndarray) else v
         for v in (x, mean_b, sigma_b, mean, stddev, gamma, beta))
+    stddev = floor_stddev(stddev, epsilon)  # σ = 0 (a zeros initializer) must not give 0/0
     r = ops.stop_gradient(sigma_b / stddev)  # r and d are constants for the gradient
     d = ops.stop_gradient((mean_b - mean) / stddev)
     r, d, r_clipped, d_clipped = clip_corrections(r, d, rmax, dmax)
@@ -102,6 +132,143 @@ def batch_renorm(x, mean_b, sigma_b, mean, stddev, rmax, dmax, gamma=1.0, beta=0
     return Renormalized(outputs, r, d, r_clipped, d_clipped)
 
 
+_MOVING_STATISTICS = ("stddev", "variance")
+_KERAS_GETTERS = {"initializer": keras.initializers.get, "regularizer": keras.regularizers.get,
+                  "constraint": keras.constraints.get}
+
+
+def _keras_object(kind, name, identifier):
+    """`keras.<kind>s.get(identifier)`, with a ValueError that names the argument."""
+    try:
+        return _KERAS_GETTERS[kind](identifier)
+    except (ValueError, TypeError) as error:
+        raise ValueError(f"`{name}` must be a Keras {kind} or its name or config; got "
+                         f"{name}={identifier!r} ({error})") from error
+
+
+_RENORM_CLIPPING_KEYS = ("rmax", "rmin", "dmax")
+
+
+def _renorm_clipping_bounds(renorm_clipping):
+    """rmax and dmax from Keras's `renorm_clipping` dict, whose absent keys mean no clipping."""
+    clipping = {} if renorm_clipping is None else renorm_clipping
+    if not isinstance(clipping, dict):
+        raise ValueError("`renorm_clipping` must be None or a dict with keys among 'rmax', "
+                         f"'rmin' and 'dmax'; got renorm_clipping={renorm_clipping!r}.")
+    unknown = sorted(set(clipping) - set(_RENORM_CLIPPING_KEYS), key=str)
+    if unknown:
+        raise ValueError("`renorm_clipping` takes only the keys 'rmax', 'rmin' and 'dmax'; "
+                         f"got the unknown keys {unknown} in renorm_clipping={clipping!r}.")
+    for key, value in clipping.items():
+        check_number(f"renorm_clipping['{key}']", value, "a number")
+    dmax = float(clipping.get("dmax", math.inf))
+    if dmax < 0:
+        raise ValueError("`renorm_clipping['dmax']` must be >= 0 (d is clipped to [-dmax, dmax]); "
+                         f"got renorm_clipping={clipping!r}.")
+    rmax = float(clipping.get("rmax", math.inf))
+    rmin = float(clipping.get("rmin", 0.0))
+    if rmax < 1:
+        raise ValueError("`renorm_clipping['rmax']` must be >= 1 (this layer clips r to "
+                         f"[1/rmax, rmax]); got renorm_clipping={clipping!r}.")
+    unclipped = rmax == math.inf and rmin == 0
+    if not unclipped and not math.isclose(rmin * rmax, 1.0, rel_tol=1e-6):
+        raise ValueError(
+            "`renorm_clipping` must clip r symmetrically: this layer clips r to [1/rmax, rmax], "
+            f"so 'rmin' must be 1/rmax = {1 / rmax!r} (Keras takes a missing 'rmin' as 0 and a "
+            f"missing 'rmax' as infinity); got renorm_clipping={clipping!r}.")
+    return rmax, dmax
+
+
+def _keras_renorm_settings(renorm, renorm_clipping, renorm_momentum, momentum, rmax, dmax,
+                           moving_statistic):
+    """(rmax, dmax, moving_statistic) from either spelling: this layer's or Keras's renorm."""
+    if renorm is None:
+        for name, value in (("renorm_clipping", renorm_clipping),
+                            ("renorm_momentum", renorm_momentum)):
+            if value is not None:
+                raise ValueError(
+                    f"`{name}` applies only with renorm=True (Keras's renorm arguments); got "
+                    f"{name}={value!r} without `renorm`. Pass renorm=True, or use this "
+                    "layer's own rmax, dmax and momentum.")
+        return (3.0 if rmax is None else rmax, 5.0 if dmax is None else dmax,
+                moving_statistic or "stddev")
+    _check_bool("renorm", renorm)
+    for name, value in (("rmax", rmax), ("dmax", dmax)):
+        if value is not None:
+            raise ValueError(
+                "`renorm` (with `renorm_clipping`) is Keras's spelling of the clip bounds; give "
+                f"it or `{name}`, not both; got renorm={renorm!r} and {name}={value!r}.")
+    if not renorm:
+        for name, value in (("renorm_clipping", renorm_clipping),
+                            ("renorm_momentum", renorm_momentum)):
+            if value is not None:
+                raise ValueError(
+                    f"`{name}` applies only with renorm=True; renorm=False is batch norm "
+                    "(rmax=1, dmax=0), which clips nothing and keeps one pair of moving "
+                    f"statistics; got {name}={value!r}.")
+        return 1.0, 0.0, moving_statistic or "variance"
+    rmax, dmax = _renorm_clipping_bounds(renorm_clipping)
+    if renorm_momentum is not None:
+        check_number("renorm_momentum", renorm_momentum, "a number equal to `momentum`")
+        if float(renorm_momentum) != float(momentum):
+            raise ValueError(
+                "`renorm_momentum` must equal `momentum`: Keras's renorm keeps a second pair "
+                "of moving statistics for r and d, updated with renorm_momentum; this layer "
+                "keeps one pair (µ, σ) for r, d and inference, as Algorithm 1 does, updated "
+                f"with momentum. Got renorm_momentum={renorm_momentum!r} and "
+                f"momentum={momentum!r}; leave renorm_momentum out or set it to momentum.")
+    return rmax, dmax, moving_statistic or "stddev"
+
+
+def _stddev_initializer_from_variance(moving_variance_initializer):
+    """The σ initializer equal to the square root of a variance initializer, where one exists."""
+    initializer = _keras_object("initializer", "moving_variance_initializer",
+                                moving_variance_initializer)
+    if isinstance(initializer, keras.initializers.Zeros):
+        return keras.initializers.Zeros()
+    if isinstance(initializer, keras.initializers.Ones):
+        return keras.initializers.Ones()
+    if type(initializer) is keras.initializers.Constant:
+        value = initializer.value
+        if (isinstance(value, numbers.Real) and not isinstance(value, bool)
+                and math.isfinite(value) and value >= 0):
+            return keras.initializers.Constant(math.sqrt(value))
+    raise ValueError(
+        "`moving_variance_initializer` is accepted with moving_statistic='stddev' only where it "
+        "converts to the moving standard deviation that the layer keeps: 'zeros', 'ones' or "
+        "Constant(v) with v >= 0 become their square roots. Got moving_variance_initializer="
+        f"{moving_variance_initializer!r}; pass `moving_stddev_initializer` to initialize σ "
+        "itself, or moving_statistic='variance' to keep a moving variance.")
+
+
+def _spread_initializers(moving_statistic, moving_stddev_initializer,
+                         moving_variance_initializer):
+    """(σ initializer, variance initializer): the one the layer keeps, the other None."""
+    if moving_statistic == "variance":
+        if moving_stddev_initializer is not None:
+            raise ValueError(
+                "`moving_stddev_initializer` applies only with moving_statistic='stddev'; with "
+                "moving_statistic='variance' the layer keeps a moving variance, initialized by "
+                "`moving_variance_initializer`; got moving_stddev_initializer="
+                f"{moving_stddev_initializer!r}.")
+        if moving_variance_initializer is None:
+            moving_variance_initializer = "ones"
+        return None, _keras_object("initializer", "moving_variance_initializer",
+                                   moving_variance_initializer)
+    if moving_variance_initializer is None:
+        if moving_stddev_initializer is None:
+            moving_stddev_initializer = "ones"
+        return _keras_object("initializer", "moving_stddev_initializer",
+                             moving_stddev_initializer), None
+    if moving_stddev_initializer is not None:
+        raise ValueError(
+            "Give `moving_stddev_initializer` or `moving_variance_initializer`, not both: the "
+            "layer keeps one moving statistic of spread (here σ, moving_statistic='stddev'); "
+            f"got moving_stddev_initializer={moving_stddev_initializer!r} and "
+            f"moving_variance_initializer={moving_variance_initializer!r}.")
+    return _stddev_initializer_from_variance(moving_variance_initializer), None
+
+
 @keras.saving.register_keras_serializable(package="brlib")
 class BatchRenormalization(keras.layers.Layer):
     """Batch renormalization over the whole batch or over contiguous microbatches.
@@ -112,15 +279,52 @@ class BatchRenormalization(keras.layers.Layer):
 
         x̂ = (x − µ_B) / σ_B · r + d,    y = γ · x̂ + β,
 
-    with r = clip(σ_B / σ, 1/rmax, rmax) and d = clip((µ_B − µ) / σ, −dmax, dmax)
-    treated as constants by the gradient. At inference, y = γ · (x − µ) / σ + β.
-    With `rmax=1, dmax=0` the layer is batch norm over the same microbatches.
+    with σ_B = sqrt(var_B + ε), r = clip(σ_B / σ, 1/rmax, rmax) and
+    d = clip((µ_B − µ) / σ, −dmax, dmax) treated as constants by the gradient.
+    At inference, y = γ · (x − µ) / σ + β. Wherever σ divides, in training and
+    at inference, it is max(σ, √ε), as in Keras's renorm: a σ initialized at
+    zero then gives no 0/0 in a channel whose µ_B equals µ (zero padding, a
+    dead ReLU). With `rmax=1, dmax=0` the training step is batch norm over
+    the same microbatches.
 
     µ and σ are updated once per training step, from the mean over the
     step's microbatches: µ ← µ + α · (mean(µ_B) − µ), likewise σ, with
     α = 1 − momentum. `rmax` and `dmax` are non-trainable scalar weights, so
     assigning them (`layer.rmax.assign(2.0)`, or with `brlib.RenormSchedule`)
     takes effect inside an already traced `model.fit`.
+
+    Inference statistics. By default (`moving_statistic="stddev"`) the layer
+    keeps the moving average of σ_B, the rule of the renorm paper's
+    Algorithm 1, and divides by it at inference. Batch norm's conventions
+    differ: Keras's `BatchNormalization` keeps the moving average of the
+    biased var_B and divides by sqrt(moving variance + ε); PyTorch averages the
+    unbiased variance; the batch-norm paper uses m/(m − 1) · E[var_B]. These
+    estimates part at small m: for Gaussian data with standard deviation σ at
+    m = 2, E[σ_B] ≈ 0.57σ, √E[var_B] ≈ 0.71σ, and the unbiased variance gives
+    σ. So "rmax = 1, dmax = 0 is batch norm" holds for the training step;
+    the inference statistics follow the renorm paper's rule, and at m = 2
+    the inference network divides by about 0.8 times the σ that Keras's rule
+    would give. The σ average is the one renorm needs (E[r] = 1 requires
+    σ = E[σ_B]); for a batch norm that must match Keras at inference too,
+    `moving_statistic="variance"` keeps Keras's moving variance instead, with
+    σ = sqrt(moving variance + ε) for r, d and inference. With `rmax=1, dmax=0`
+    (or `renorm=False`) the layer then computes what
+    `keras.layers.BatchNormalization` computes, in training and inference,
+    over the whole batch. With larger clip bounds that σ is a biased target
+    for r at small m (E[r] < 1), so renorm should keep the default.
+
+    Masking. With a Keras mask (shape (batch, time) for inputs of shape
+    (batch, time, channels): every axis but the last, broadcast over the
+    last, as Keras's `BatchNormalization` reads it), µ_B and var_B are taken
+    over the unmasked entries of each microbatch. Every position, masked or
+    not, is then normalized with those statistics, as Keras does. A
+    microbatch with no unmasked entry in a channel gets µ_B = 0 and
+    var_B = 0 there (Keras's values for an empty batch), and the step's
+    update of µ and σ averages only the microbatches that hold unmasked
+    entries; a channel with none keeps µ and σ as they were (Keras would
+    move them towards 0 and 0). At inference the mask changes nothing: every
+    position is normalized by µ and σ. The mask is passed on to the next
+    layer.
 
     A training step whose statistics are not finite (the batch held NaN or
     Inf) leaves µ and σ as they were and adds one to `layer.skipped_updates`,
@@ -129,26 +333,62 @@ class BatchRenormalization(keras.layers.Layer):
 
     For teaching, `layer.fraction_r_clipped` and `layer.fraction_d_clipped`
     hold the fraction of (microbatch, channel) values of r and d that fell
-    outside their clip bounds in the last training step.
+    outside their clip bounds in the last training step (over the
+    microbatches that hold unmasked entries).
+
+    Keras's arguments. Every argument of `keras.layers.BatchNormalization`
+    (Keras 3.15) is accepted. `renorm=True` with `renorm_clipping` is mapped
+    to `rmax` and `dmax` (a missing key means no clipping, as in Keras; r is
+    clipped symmetrically, so 'rmin' must be 1/'rmax'), `renorm_momentum`
+    must equal `momentum` (the layer keeps one pair of moving statistics,
+    Keras's renorm two), and `renorm=False` means `rmax=1, dmax=0` with
+    `moving_statistic="variance"`. `moving_variance_initializer` is converted
+    to σ where it can be ('zeros', 'ones', Constant(v ≥ 0)). Anything else
+    that does not apply raises a ValueError that names it.
 
     Args:
         axis: The channel axis; every other axis is reduced. -1 for
             channels-last, 1 for channels-first.
         momentum: Momentum of the moving statistics, in [0, 1]; the update
             rate is α = 1 − momentum (0.01 in the paper).
-        epsilon: Added to the variance before the square root, > 0.
+        epsilon: Added to the variance before the square root, > 0; σ is
+            floored at √ε where it divides.
         center: Whether to add the learned offset β.
         scale: Whether to multiply by the learned scale γ.
-        rmax: Initial clip bound for r, >= 1.
-        dmax: Initial clip bound for d, >= 0.
+        rmax: Initial clip bound for r, >= 1 (default 3; 1 with renorm=False).
+        dmax: Initial clip bound for d, >= 0 (default 5; 0 with renorm=False).
         microbatch_size: None to normalize the whole batch, or the number m of
             consecutive examples normalized together. m must divide the batch.
         beta_initializer: Initializer for β.
         gamma_initializer: Initializer for γ.
         moving_mean_initializer: Initializer for µ.
-        moving_stddev_initializer: Initializer for σ.
+        moving_stddev_initializer: Initializer for σ (default "ones"), with
+            moving_statistic="stddev".
         beta_regularizer: Optional regularizer for β.
         gamma_regularizer: Optional regularizer for γ.
+        moving_statistic: "stddev" (the default; "variance" with
+            renorm=False) to keep the moving average of σ_B, as Algorithm 1
+            does, in the weight `moving_stddev`; "variance" to keep the moving
+            average of var_B, as Keras's `BatchNormalization` does, in the
+            weight `moving_variance`.
+        moving_variance_initializer: Initializer for the moving variance
+            (default "ones"), with moving_statistic="variance". With
+            "stddev", accepted where it converts to σ: 'zeros', 'ones' or
+            Constant(v) with v >= 0.
+        beta_constraint: Optional constraint for β.
+        gamma_constraint: Optional constraint for γ.
+        synchronized: Whether to compute the whole batch's statistics across
+            all replicas of a `tf.distribute` strategy (an all-reduce per
+            step). TensorFlow backend and microbatch_size=None only: a
+            microbatch lives on one replica.
+        renorm: Keras's switch. True: renorm with the clip bounds of
+            `renorm_clipping`; False: batch norm as Keras computes it
+            (rmax=1, dmax=0, moving_statistic="variance"). Not together
+            with rmax or dmax.
+        renorm_clipping: Keras's clip bounds, a dict with keys among "rmax",
+            "rmin" (must be 1/rmax) and "dmax"; with renorm=True only.
+        renorm_momentum: Keras's momentum of its second pair of moving
+            statistics; with renorm=True only, and equal to `momentum`.
         **kwargs: Base `keras.layers.Layer` arguments such as `name`, `dtype`.
 
     Call arguments:
@@ -158,6 +398,9 @@ class BatchRenormalization(keras.layers.Layer):
             by r and d, and update µ and σ; False or None (inference) to
             normalize by µ and σ alone. A layer with `trainable=False` always
             runs in inference mode.
+        mask: Optional boolean tensor with one axis fewer than `inputs`
+            (every axis but the last), True where an entry counts for the
+            statistics. Keras passes it from a masking layer upstream.
 
     Example:
 
@@ -172,7 +415,9 @@ class BatchRenormalization(keras.layers.Layer):
     Reference:
         Sergey Ioffe, "Batch Renormalization: Towards Reducing Minibatch
         Dependence in Batch-Normalized Models", NIPS 2017, arXiv:1702.03275,
-        Algorithm 1.
+        Algorithm 1. Sergey Ioffe and Christian Szegedy, "Batch
+        Normalization", ICML 2015, arXiv:1502.03167, Algorithm 2 (inference
+        statistics).
     """
 
     def __init__(
@@ -182,36 +427,73 @@ class BatchRenormalization(keras.layers.Layer):
         epsilon=1e-3,
         center=True,
         scale=True,
-        rmax=3.0,
-        dmax=5.0,
+        rmax=None,
+        dmax=None,
         microbatch_size=None,
         beta_initializer="zeros",
         gamma_initializer="ones",
         moving_mean_initializer="zeros",
-        moving_stddev_initializer="ones",
+        moving_stddev_initializer=None,
         beta_regularizer=None,
         gamma_regularizer=None,
+        moving_statistic=None,
+        moving_variance_initializer=None,
+        beta_constraint=None,
+        gamma_constraint=None,
+        synchronized=False,
+        renorm=None,
+        renorm_clipping=None,
+        renorm_momentum=None,
         **kwargs,
     ):
         super().__init__(**kwargs)
         check_integer("axis", axis, "an integer")
         check_number("momentum", momentum, "a number in [0, 1]", lambda v: 0 <= v <= 1)
         check_number("epsilon", epsilon, "a number > 0", lambda v: v > 0)
+        _check_bool("center", center)
+        _check_bool("scale", scale)
+        _check_bool("synchronized", synchronized)
+        if moving_statistic is not None:
+            check_value("moving_statistic", moving_statistic,
+                        f"one of {list(_MOVING_STATISTICS)}", lambda v: v in _MOVING_STATISTICS)
+        rmax, dmax, moving_statistic = _keras_renorm_settings(
+            renorm, renorm_clipping, renorm_momentum, momentum, rmax, dmax, moving_statistic)
         check_rmax(rmax)
         check_dmax(dmax)
         _check_microbatch_size(microbatch_size)
+        if synchronized and microbatch_size is not None:
+            raise ValueError(
+                "synchronized=True applies only to whole-batch normalization "
+                "(microbatch_size=None): a microbatch lives on one replica, so its statistics "
+                f"never involve another replica's examples; got microbatch_size={microbatch_size}.")
+        if synchronized and keras.backend.backend() != "tensorflow":
+            raise ValueError(
+                "synchronized=True needs the TensorFlow backend: the statistics are summed "
+                "across replicas with tf.distribute's all-reduce; the Keras backend here is "
+                f"{keras.backend.backend()!r}.")
         self.axis = int(axis)
         self.momentum = float(momentum)
         self.epsilon = float(epsilon)
-        self.center = center
-        self.scale = scale
+        self.center = bool(center)
+        self.scale = bool(scale)
         self.microbatch_size = None if microbatch_size is None else int(microbatch_size)
-        self.beta_initializer = keras.initializers.get(beta_initializer)
-        self.gamma_initializer = keras.initializers.get(gamma_initializer)
-        self.moving_mean_initializer = keras.initializers.get(moving_mean_initializer)
-        self.moving_stddev_initializer = keras.initializers.get(moving_stddev_initializer)
-        self.beta_regularizer = keras.regularizers.get(beta_regularizer)
-        self.gamma_regularizer = keras.regularizers.get(gamma_regularizer)
+        self.moving_statistic = moving_statistic
+        self.synchronized = bool(synchronized)
+        self.beta_initializer = _keras_object("initializer", "beta_initializer", beta_initializer)
+        self.gamma_initializer = _keras_object("initializer", "gamma_initializer",
+                                               gamma_initializer)
+        self.moving_mean_initializer = _keras_object("initializer", "moving_mean_initializer",
+                                                     moving_mean_initializer)
+        self.moving_stddev_initializer, self.moving_variance_initializer = _spread_initializers(
+            moving_statistic, moving_stddev_initializer, moving_variance_initializer)
+        self.beta_regularizer = _keras_object("regularizer", "beta_regularizer", beta_regularizer)
+        self.gamma_regularizer = _keras_object("regularizer", "gamma_regularizer",
+                                               gamma_regularizer)
+        self.beta_constraint = _keras_object("constraint", "beta_constraint", beta_constraint)
+        self.gamma_constraint = _keras_object("constraint", "gamma_constraint", gamma_constraint)
+        self.supports_masking = True
+        self.gamma = self.beta = self.moving_mean = None
+        self.moving_stddev = self.moving_variance = None  # build keeps one of them
         # Scalars that the training step reads, so assigning them between
         # steps changes an already traced function.
         # Set between steps, identically on every replica: the first replica's value counts.
@@ -271,25 +553,33 @@ class BatchRenormalization(keras.layers.Layer):
         # across replicas (each replica computes them from its own microbatches).
         self.gamma = self._channel_weight(
             "gamma", shape, self.gamma_initializer, trainable=True, aggregation="none",
-            regularizer=self.gamma_regularizer) if self.scale else None
+            regularizer=self.gamma_regularizer,
+            constraint=self.gamma_constraint) if self.scale else None
         self.beta = self._channel_weight(
             "beta", shape, self.beta_initializer, trainable=True, aggregation="none",
-            regularizer=self.beta_regularizer) if self.center else None
+            regularizer=self.beta_regularizer,
+            constraint=self.beta_constraint) if self.center else None
         self.moving_mean = self._channel_weight(
             "moving_mean", shape, self.moving_mean_initializer, trainable=False,
             aggregation="mean")
-        self.moving_stddev = self._channel_weight(
-            "moving_stddev", shape, self.moving_stddev_initializer, trainable=False,
-            aggregation="mean")
+        if self.moving_statistic == "stddev":
+            self.moving_stddev = self._channel_weight(
+                "moving_stddev", shape, self.moving_stddev_initializer, trainable=False,
+                aggregation="mean")
+        else:
+            self.moving_variance = self._channel_weight(
+                "moving_variance", shape, self.moving_variance_initializer, trainable=False,
+                aggregation="mean")
         self.input_spec = keras.layers.InputSpec(ndim=rank, axes={channel_axis: channels})
 
     def _channel_weight(self, name, shape, initializer, trainable, aggregation,
-                        regularizer=None):
+                        regularizer=None, constraint=None):
         return self.add_weight(
             shape=shape,
             name=name,
             initializer=initializer,
             regularizer=regularizer,
+            constraint=constraint,
             trainable=trainable,
             autocast=False,
             aggregation=aggregation,
@@ -298,19 +588,44 @@ class BatchRenormalization(keras.layers.Layer):
     def compute_output_shape(self, input_shape):
         return input_shape
 
-    def call(self, inputs, training=None):
+    def call(self, inputs, training=None, mask=None):
         stats_dtype = keras.backend.result_type(inputs.dtype, "float32")
         x = ops.cast(inputs, stats_dtype)
+        if mask is not None:
+            mask = self._broadcast_mask(mask, x)
         if training and self.trainable:
-            outputs = ops.reshape(self._train_step(self._group(x)), ops.shape(x))
+            grouped_mask = None if mask is None else self._group(mask)
+            outputs = ops.reshape(self._train_step(self._group(x), grouped_mask), ops.shape(x))
         else:
             outputs = self._infer(x)
         return ops.cast(outputs, self.compute_dtype)
+
+    def _broadcast_mask(self, mask, x):
+        """Keras's mask over every axis but the last, as a boolean of the inputs' shape."""
+        mask_shape, shape = tuple(mask.shape), tuple(x.shape)
+        fits = len(mask_shape) == len(shape) - 1 and all(
+            a is None or b is None or a in (1, b) for a, b in zip(mask_shape, shape))
+        if not fits:
+            raise ValueError(
+                "`mask` must have one axis fewer than the inputs, every axis but the last "
+                "(e.g. (batch, time) for inputs (batch, time, channels)), each of the inputs' "
+                f"size or 1; got mask.shape={mask_shape} for inputs of shape {shape}.")
+        mask = ops.expand_dims(ops.cast(mask, "bool"), -1)
+        return ops.broadcast_to(mask, ops.shape(x))
 
     def _param(self, weight, dtype, default):
         if weight is None:
             return ops.cast(default, dtype)
         return ops.reshape(ops.cast(weight, dtype), self._broadcast_shape)
+
+    def _moving_statistics(self, dtype):
+        """µ and σ as they enter r, d and inference: σ floored at √ε, or sqrt(variance + ε)."""
+        mu = self._param(self.moving_mean, dtype, 0.0)
+        if self.moving_statistic == "stddev":
+            sigma = floor_stddev(self._param(self.moving_stddev, dtype, 1.0), self.epsilon)
+        else:
+            sigma = ops.sqrt(self._param(self.moving_variance, dtype, 1.0) + self.epsilon)
+        return mu, sigma
 
     def _group(self, x):
         """Reshapes (N, ...) to (N / m, m, ...); the whole batch is one group."""
@@ -327,47 +642,93 @@ class BatchRenormalization(keras.layers.Layer):
             x = _assert_divisible(x, m)
         return ops.reshape(x, (-1, m) + tuple(ops.shape(x)[1:]))
 
-    def _train_step(self, x):
+    def _moments(self, x, mask):
+        """µ_B and var_B of each group over its unmasked entries, and where a group has any.
+
+        Without a mask and without synchronization, `ops.moments`, and `valid`
+        is None. An empty group gets µ_B = 0 and var_B = 0.
+        """
+        axes = self._grouped_reduction_axes
+        if mask is None and not self.synchronized:
+            mean, variance = ops.moments(x, axes=axes, keepdims=True)
+            return mean, variance, None
+        keep = ops.ones_like(x, dtype="bool") if mask is None else mask
+        count = self._sum_over_replicas(
+            ops.sum(ops.cast(keep, x.dtype), axis=axes, keepdims=True))
+        total = self._sum_over_replicas(
+            ops.sum(ops.where(keep, x, 0.0), axis=axes, keepdims=True))
+        divisor = ops.maximum(count, 1.0)
+        mean = total / divisor
+        squares = ops.sum(ops.where(keep, ops.square(x - mean), 0.0), axis=axes, keepdims=True)
+        variance = self._sum_over_replicas(squares) / divisor
+        return mean, variance, None if mask is None else count > 0
+
+    def _sum_over_replicas(self, value):
+        """The sum over a tf.distribute strategy's replicas when synchronized, else `value`."""
+        if not self.synchronized:
+            return value
+        import tensorflow as tf
+
+        context = tf.distribute.get_replica_context()
+        if context is None or context.num_replicas_in_sync == 1:
+            return value
+        return context.all_reduce(tf.distribute.ReduceOp.SUM, value)
+
+    def _train_step(self, x, mask):
         dtype = x.dtype
         gamma = self._param(self.gamma, dtype, 1.0)
         beta = self._param(self.beta, dtype, 0.0)
-        mu = self._param(self.moving_mean, dtype, 0.0)
-        sigma = self._param(self.moving_stddev, dtype, 1.0)
+        mu, sigma = self._moving_statistics(dtype)
         rmax = ops.cast(self.rmax, dtype)
         dmax = ops.cast(self.dmax, dtype)
 
-        mean_b, var_b = ops.moments(x, axes=self._grouped_reduction_axes, keepdims=True)
+        mean_b, var_b, valid = self._moments(x, mask)
         sigma_b = ops.sqrt(var_b + self.epsilon)  # σ_B = sqrt(var + ε)
-        step = batch_renorm(x, mean_b, sigma_b, mu, sigma, rmax, dmax, gamma, beta)
+        step = batch_renorm(x, mean_b, sigma_b, mu, sigma, rmax, dmax, gamma, beta,
+                            epsilon=self.epsilon)
 
-        self._update_moving_statistics(mean_b, sigma_b)
-        self.fraction_r_clipped.assign(ops.mean(ops.cast(step.r_clipped, "float32")))
-        self.fraction_d_clipped.assign(ops.mean(ops.cast(step.d_clipped, "float32")))
+        spread_b = sigma_b if self.moving_statistic == "stddev" else var_b
+        self._update_moving_statistics(mean_b, spread_b, valid)
+        self.fraction_r_clipped.assign(_fraction(step.r_clipped, valid))
+        self.fraction_d_clipped.assign(_fraction(step.d_clipped, valid))
         return step.outputs
 
     def _infer(self, x):
         dtype = x.dtype
         gamma, beta = self._param(self.gamma, dtype, 1.0), self._param(self.beta, dtype, 0.0)
-        mu = self._param(self.moving_mean, dtype, 0.0)
-        sigma = self._param(self.moving_stddev, dtype, 1.0)
+        mu, sigma = self._moving_statistics(dtype)
         x_scale = ops.squeeze(gamma / sigma, 0)  # y = γ(x − µ)/σ + β
         x_shift = ops.squeeze(beta - mu * gamma / sigma, 0)
         return x * x_scale + x_shift
 
-    def _update_moving_statistics(self, mean_b, sigma_b):
-        step_mean = ops.reshape(ops.mean(mean_b, axis=0), (-1,))
-        step_sigma = ops.reshape(ops.mean(sigma_b, axis=0), (-1,))
+    def _update_moving_statistics(self, mean_b, spread_b, valid):
+        """µ and σ (or the variance) towards the mean over the groups that hold data."""
+        if valid is None:
+            step_mean = ops.reshape(ops.mean(mean_b, axis=0), (-1,))
+            step_spread = ops.reshape(ops.mean(spread_b, axis=0), (-1,))
+            has_data = True
+        else:
+            count = ops.sum(ops.cast(valid, mean_b.dtype), axis=0)
+            divisor = ops.maximum(count, 1.0)
+            step_mean = ops.reshape(ops.sum(ops.where(valid, mean_b, 0.0), axis=0) / divisor,
+                                    (-1,))
+            step_spread = ops.reshape(
+                ops.sum(ops.where(valid, spread_b, 0.0), axis=0) / divisor, (-1,))
+            has_data = ops.reshape(count > 0, (-1,))  # per channel
         finite = ops.logical_and(ops.all(ops.isfinite(step_mean)),
-                                 ops.all(ops.isfinite(step_sigma)))
+                                 ops.all(ops.isfinite(step_spread)))
+        update = ops.logical_and(finite, has_data)
         alpha = 1.0 - self.momentum
-        for weight, target in ((self.moving_mean, step_mean), (self.moving_stddev, step_sigma)):
+        spread = self.moving_stddev if self.moving_statistic == "stddev" else self.moving_variance
+        for weight, target in ((self.moving_mean, step_mean), (spread, step_spread)):
             old = ops.cast(weight, target.dtype)
             new = old + alpha * (target - old)  # µ := µ + α(µ_B − µ)
-            weight.assign(ops.cast(ops.where(finite, new, old), weight.dtype))
+            weight.assign(ops.cast(ops.where(update, new, old), weight.dtype))
         self.skipped_updates.assign(self.skipped_updates + ops.where(finite, 0.0, 1.0))
 
     def get_config(self):
         config = super().get_config()
+        serialize = keras.initializers.serialize
         config.update(
             {
                 "axis": self.axis,
@@ -378,19 +739,32 @@ class BatchRenormalization(keras.layers.Layer):
                 "rmax": float(ops.convert_to_numpy(self.rmax)),
                 "dmax": float(ops.convert_to_numpy(self.dmax)),
                 "microbatch_size": self.microbatch_size,
-                "beta_initializer": keras.initializers.serialize(self.beta_initializer),
-                "gamma_initializer": keras.initializers.serialize(self.gamma_initializer),
-                "moving_mean_initializer": keras.initializers.serialize(
-                    self.moving_mean_initializer
-                ),
-                "moving_stddev_initializer": keras.initializers.serialize(
-                    self.moving_stddev_initializer
-                ),
+                "moving_statistic": self.moving_statistic,
+                "beta_initializer": serialize(self.beta_initializer),
+                "gamma_initializer": serialize(self.gamma_initializer),
+                "moving_mean_initializer": serialize(self.moving_mean_initializer),
+                # The one the layer keeps; the other is None.
+                "moving_stddev_initializer": None if self.moving_stddev_initializer is None
+                else serialize(self.moving_stddev_initializer),
+                "moving_variance_initializer": None if self.moving_variance_initializer is None
+                else serialize(self.moving_variance_initializer),
                 "beta_regularizer": keras.regularizers.serialize(self.beta_regularizer),
                 "gamma_regularizer": keras.regularizers.serialize(self.gamma_regularizer),
+                "beta_constraint": keras.constraints.serialize(self.beta_constraint),
+                "gamma_constraint": keras.constraints.serialize(self.gamma_constraint),
+                "synchronized": self.synchronized,
             }
         )
         return config
+
+
+def _fraction(clipped, valid):
+    """The fraction of (group, channel) values clipped, over the groups that hold data."""
+    clipped = ops.cast(clipped, "float32")
+    if valid is None:
+        return ops.mean(clipped)
+    weight = ops.cast(ops.broadcast_to(valid, ops.shape(clipped)), "float32")
+    return ops.sum(clipped * weight) / ops.maximum(ops.sum(weight), 1.0)
 
 
 def _assert_divisible(x, m):

@@ -1,7 +1,9 @@
 """brlib.BatchRenormalization against NumPy's Algorithm 1, Keras's own renorm and finite differences.
 
-Runs on every Keras backend (CI runs it on TensorFlow and on JAX); the tests
-that need GradientTape or tf.function are marked `tensorflow_only`.
+Also against Keras's BatchNormalization with masks, with a zero-initialized
+σ, and with Keras's arguments. Runs on every Keras backend (CI runs it on
+TensorFlow, JAX and PyTorch); the tests that need GradientTape, tf.function
+or tf.distribute are marked `tensorflow_only`.
 """
 
 import os
@@ -14,7 +16,7 @@ import brlib as br
 
 BACKEND = keras.backend.backend()
 tensorflow_only = pytest.mark.skipif(BACKEND != "tensorflow",
-                                     reason="uses GradientTape or tf.function")
+                                     reason="uses GradientTape, tf.function or tf.distribute")
 if BACKEND == "tensorflow":
     import tensorflow as tf
 
@@ -46,35 +48,66 @@ EPS = 1e-3
 # time, in float64.
 # ----------------------------------------------------------------------------
 class NumpyRenorm:
-    def __init__(self, channels, momentum, rmax, dmax, microbatch_size, gamma, beta, axis=-1):
+    """Algorithm 1 per microbatch in float64; a mask and the variance rule written out too.
+
+    `spread` is the moving statistic the layer keeps: σ (floored at √ε where it
+    divides) or, with moving_statistic="variance", the variance (σ = sqrt(v + ε)).
+    A mask covers every axis of x but the last, as Keras's masks do.
+    """
+
+    def __init__(self, channels, momentum, rmax, dmax, microbatch_size, gamma, beta, axis=-1,
+                 moving_statistic="stddev", spread=1.0):
         self.mu = np.zeros(channels)
-        self.sigma = np.ones(channels)
+        self.spread = np.full(channels, spread, np.float64)
         self.momentum, self.rmax, self.dmax = momentum, rmax, dmax
         self.m, self.gamma, self.beta, self.axis = microbatch_size, gamma, beta, axis
+        self.moving_statistic = moving_statistic
         self.clipped_r, self.clipped_d = [], []
+        self.fraction_r = self.fraction_d = None
 
-    def train_step(self, x):
-        xc = np.moveaxis(np.asarray(x, np.float64), self.axis, -1)
+    @property
+    def sigma(self):
+        """σ as it divides."""
+        if self.moving_statistic == "stddev":
+            return np.maximum(self.spread, np.sqrt(EPS))
+        return np.sqrt(self.spread + EPS)
+
+    def train_step(self, x, mask=None):
+        x = np.asarray(x, np.float64)
+        keep = np.ones(x.shape, bool) if mask is None else np.broadcast_to(
+            np.asarray(mask, bool)[..., None], x.shape)
+        xc, keep = np.moveaxis(x, self.axis, -1), np.moveaxis(keep, self.axis, -1)
         m = self.m or len(xc)
         out = np.empty_like(xc)
-        mus, sigmas = [], []
+        mus, spreads, valid, clipped_r, clipped_d = [], [], [], [], []
         for start in range(0, len(xc), m):
-            group = xc[start:start + m]
-            flat = group.reshape(-1, group.shape[-1])
-            mu_b = flat.mean(axis=0)
-            sigma_b = np.sqrt(flat.var(axis=0) + EPS)
+            group, kept = xc[start:start + m], keep[start:start + m]
+            flat, flat_kept = group.reshape(-1, group.shape[-1]), kept.reshape(-1, group.shape[-1])
+            count = flat_kept.sum(axis=0)
+            mu_b = np.where(flat_kept, flat, 0).sum(axis=0) / np.maximum(count, 1)
+            var_b = np.where(flat_kept, (flat - mu_b) ** 2, 0).sum(axis=0) / np.maximum(count, 1)
+            sigma_b = np.sqrt(var_b + EPS)
             r_free = sigma_b / self.sigma
             d_free = (mu_b - self.mu) / self.sigma
             r = np.clip(r_free, 1 / self.rmax, self.rmax)
             d = np.clip(d_free, -self.dmax, self.dmax)
-            self.clipped_r.append((r != r_free))
-            self.clipped_d.append((d != d_free))
+            clipped_r.append(r != r_free)
+            clipped_d.append(d != d_free)
             out[start:start + m] = ((group - mu_b) / sigma_b * r + d) * self.gamma + self.beta
             mus.append(mu_b)
-            sigmas.append(sigma_b)
+            spreads.append(sigma_b if self.moving_statistic == "stddev" else var_b)
+            valid.append(count > 0)
+        valid = np.array(valid)
+        self.clipped_r += [c[v] for c, v in zip(clipped_r, valid)]
+        self.clipped_d += [c[v] for c, v in zip(clipped_d, valid)]
+        self.fraction_r = np.sum(np.array(clipped_r) & valid) / max(valid.sum(), 1)
+        self.fraction_d = np.sum(np.array(clipped_d) & valid) / max(valid.sum(), 1)
+        groups = np.maximum(valid.sum(axis=0), 1)
         alpha = 1 - self.momentum
-        self.mu = self.mu + alpha * (np.mean(mus, axis=0) - self.mu)
-        self.sigma = self.sigma + alpha * (np.mean(sigmas, axis=0) - self.sigma)
+        for name, values in (("mu", mus), ("spread", spreads)):
+            old = getattr(self, name)
+            target = np.where(valid, values, 0).sum(axis=0) / groups
+            setattr(self, name, np.where(valid.any(axis=0), old + alpha * (target - old), old))
         return np.moveaxis(out, -1, self.axis)
 
     def infer(self, x):
@@ -106,24 +139,30 @@ def make_layer(shape, axis=-1, **kwargs):
 SHAPES = {"dense": (16, 6), "conv": (16, 4, 4, 3)}
 
 
+def moving_spread(layer):
+    """The moving statistic of spread that the layer keeps: σ or the variance."""
+    return layer.moving_stddev if layer.moving_statistic == "stddev" else layer.moving_variance
+
+
+@pytest.mark.parametrize("moving_statistic", ["stddev", "variance"])
 @pytest.mark.parametrize("microbatch_size", [None, 2, 4])
 @pytest.mark.parametrize("kind", ["dense", "conv"])
-def test_matches_numpy_algorithm_1(kind, microbatch_size):
+def test_matches_numpy_algorithm_1(kind, microbatch_size, moving_statistic):
     shape = SHAPES[kind]
-    settings = dict(momentum=0.8, rmax=1.5, dmax=0.5, microbatch_size=microbatch_size)
+    settings = dict(momentum=0.8, rmax=1.5, dmax=0.5, microbatch_size=microbatch_size,
+                    moving_statistic=moving_statistic)
     layer, gamma, beta = make_layer(shape, **settings)
     ref = NumpyRenorm(shape[-1], gamma=gamma, beta=beta, **settings)
     for step, x in enumerate(shifting_batches(shape, steps=6)):
         y = layer(x, training=True)
         assert_close(y, ref.train_step(x), rtol=OUTPUT_TOLERANCE, atol=OUTPUT_TOLERANCE)
         assert_close(layer.moving_mean, ref.mu, rtol=1e-5, atol=1e-5)
-        assert_close(layer.moving_stddev, ref.sigma, rtol=1e-5, atol=1e-5)
-        assert_close(float(layer.fraction_r_clipped), np.mean(ref.clipped_r[-1]) if
-                                   microbatch_size is None else
-                                   np.mean(ref.clipped_r[-(shape[0] // microbatch_size):]))
+        assert_close(moving_spread(layer), ref.spread, rtol=1e-5, atol=1e-5)
+        assert_close(float(layer.fraction_r_clipped), ref.fraction_r)
+        assert_close(float(layer.fraction_d_clipped), ref.fraction_d)
     # The comparison is only meaningful if both clips were active and inactive.
     for clipped in (ref.clipped_r, ref.clipped_d):
-        assert 0 < np.mean(clipped) < 1
+        assert 0 < np.mean(np.concatenate(clipped)) < 1
     x = next(shifting_batches(shape, steps=1, seed=7))
     assert_close(layer(x, training=False), ref.infer(x), rtol=1e-4, atol=1e-4)
 
@@ -139,16 +178,25 @@ def test_channels_first_matches_numpy():
     assert_close(layer(x), ref.infer(x), rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.skipif(tuple(map(int, keras.__version__.split(".")[:2])) < (3, 14),
-                    reason="keras.layers.BatchNormalization(renorm=True) needs keras >= 3.14")
+KERAS_HAS_RENORM = tuple(map(int, keras.__version__.split(".")[:2])) >= (3, 14)
+needs_keras_renorm = pytest.mark.skipif(
+    not KERAS_HAS_RENORM, reason="keras.layers.BatchNormalization(renorm=True) needs keras >= 3.14")
+
+
+@needs_keras_renorm
+@pytest.mark.parametrize("spelling", ["brlib", "keras"])
 @pytest.mark.parametrize("kind", ["dense", "conv"])
-def test_whole_batch_matches_keras_renorm(kind):
+def test_whole_batch_matches_keras_renorm(kind, spelling):
     shape = SHAPES[kind]
     rmax, dmax, momentum = 1.5, 0.5, 0.8
-    layer, gamma, beta = make_layer(shape, momentum=momentum, rmax=rmax, dmax=dmax)
+    clipping = {"rmin": 1 / rmax, "rmax": rmax, "dmax": dmax}
+    settings = dict(rmax=rmax, dmax=dmax) if spelling == "brlib" else dict(
+        renorm=True, renorm_clipping=clipping, renorm_momentum=momentum)
+    layer, gamma, beta = make_layer(shape, momentum=momentum, **settings)
+    assert (float(layer.rmax), float(layer.dmax), layer.moving_statistic) == (rmax, dmax, "stddev")
     oracle = keras.layers.BatchNormalization(
         momentum=momentum, epsilon=EPS, renorm=True, renorm_momentum=momentum,
-        renorm_clipping={"rmin": 1 / rmax, "rmax": rmax, "dmax": dmax})
+        renorm_clipping=clipping)
     oracle.build(shape)
     oracle.gamma.assign(gamma)
     oracle.beta.assign(beta)
@@ -500,8 +548,8 @@ def test_batch_renorm_core_matches_numpy_algorithm_1():
     shape = (12, 3)
     ref = NumpyRenorm(3, momentum=0.9, rmax=1.4, dmax=0.3, microbatch_size=4,
                       gamma=np.array([0.5, 1.0, 2.0]), beta=np.array([0.1, -0.2, 0.3]))
-    ref.mu, ref.sigma = np.array([0.5, -1.0, 0.0]), np.array([1.5, 0.7, 2.0])
-    mu, sigma = ref.mu, ref.sigma
+    ref.mu, ref.spread = np.array([0.5, -1.0, 0.0]), np.array([1.5, 0.7, 2.0])
+    mu, sigma = ref.mu, ref.spread
     x = next(shifting_batches(shape, steps=1, seed=3)).astype(np.float64)
     groups = x.reshape(3, 4, 3)
     mean_b = groups.mean(axis=1, keepdims=True)
@@ -548,3 +596,497 @@ def test_weight_inventory(center, scale):
     aggregation = {w.name: w.aggregation for w in layer.weights}
     assert aggregation["moving_mean"] == aggregation["moving_stddev"] == "mean"
     assert aggregation["rmax"] == aggregation["dmax"] == "only_first_replica"
+
+
+@pytest.mark.parametrize("moving_statistic", ["stddev", "variance"])
+def test_weight_inventory_names_the_moving_statistic(moving_statistic):
+    layer = br.BatchRenormalization(moving_statistic=moving_statistic)
+    layer.build((8, 3))
+    names = {w.name for w in layer.non_trainable_weights}
+    kept, other = (("moving_stddev", "moving_variance") if moving_statistic == "stddev"
+                   else ("moving_variance", "moving_stddev"))
+    assert kept in names and other not in names
+    assert getattr(layer, other) is None
+    assert getattr(layer, kept).aggregation == "mean"
+
+
+# ----------------------------------------------------------------------------
+# A moving σ initialized at zero
+# ----------------------------------------------------------------------------
+def batch_with_a_dead_channel(shape, seed=0):
+    """Batches whose channel 1 is zero everywhere (zero padding, a dead ReLU): µ_B = µ = 0."""
+    for x in shifting_batches(shape, steps=3, seed=seed):
+        x[..., 1] = 0.0
+        yield x
+
+
+@pytest.mark.parametrize("clip", [dict(rmax=1.0, dmax=0.0), dict(rmax=3.0, dmax=5.0)])
+@pytest.mark.parametrize("initializer", [{"moving_stddev_initializer": "zeros"},
+                                         {"moving_variance_initializer": "zeros"}])
+@pytest.mark.parametrize("microbatch_size", [None, 4])
+def test_zero_initialized_sigma_gives_no_nan(microbatch_size, initializer, clip):
+    # Without the floor, d = (µ_B − µ)/σ = 0/0 in the dead channel, even at
+    # rmax = 1, dmax = 0, where the output never depends on µ and σ.
+    shape = (8, 5, 3)
+    settings = dict(momentum=0.9, microbatch_size=microbatch_size, **clip)
+    layer, gamma, beta = make_layer(shape, **settings, **initializer)
+    assert_equal(layer.moving_stddev, 0.0)
+    ref = NumpyRenorm(3, gamma=gamma, beta=beta, spread=0.0, **settings)
+    for x in batch_with_a_dead_channel(shape):
+        y = as_numpy(layer(x, training=True))
+        assert np.all(np.isfinite(y))
+        assert_close(y, ref.train_step(x), rtol=OUTPUT_TOLERANCE, atol=OUTPUT_TOLERANCE)
+        assert_close(layer.moving_stddev, ref.spread, rtol=1e-5, atol=1e-7)
+        assert_close(layer.moving_mean, ref.mu, rtol=1e-5, atol=1e-6)
+    # σ of the dead channel is still below √ε, so inference divides by the floor.
+    assert 0 < float(as_numpy(layer.moving_stddev)[1]) < np.sqrt(EPS)
+    y = as_numpy(layer(x, training=False))
+    assert np.all(np.isfinite(y))
+    assert_close(y, ref.infer(x), rtol=1e-4, atol=1e-4)
+    assert float(layer.skipped_updates) == 0
+
+
+def test_zero_initialized_sigma_trains_like_keras_with_a_zero_variance():
+    # Keras's own tests initialize the moving variance at zero. One SGD step of
+    # the same model: γ and β must come out finite and equal to Keras's.
+    shape = (8, 5, 3)
+    x = next(batch_with_a_dead_channel(shape))
+    target = np.random.default_rng(1).normal(size=(8, 5, 2)).astype(np.float32)
+    models = []
+    for norm in (br.BatchRenormalization(rmax=1.0, dmax=0.0, epsilon=EPS,
+                                         moving_stddev_initializer="zeros"),
+                 keras.layers.BatchNormalization(epsilon=EPS, moving_variance_initializer="zeros")):
+        model = keras.Sequential([keras.Input(shape[1:]), norm, keras.layers.Dense(2)])
+        models.append(model)
+    models[1].layers[1].set_weights(models[0].layers[1].get_weights())
+    for model in models:
+        model.compile(keras.optimizers.SGD(0.1), "mse")
+        model.fit(x, target, batch_size=8, epochs=1, shuffle=False, verbose=0)
+    ours, keras_bn = (model.layers[0] for model in models)
+    for name in ("gamma", "beta", "moving_mean"):
+        assert np.all(np.isfinite(as_numpy(getattr(ours, name))))
+        assert_close(getattr(ours, name), getattr(keras_bn, name), rtol=1e-5, atol=1e-6)
+
+
+def test_batch_renorm_core_floors_sigma():
+    from brlib.layers import batch_renorm
+
+    mean_b, sigma_b = np.array([0.0, 0.4]), np.array([np.sqrt(EPS), 1.2])
+    step = batch_renorm(None, mean_b, sigma_b, np.zeros(2), np.zeros(2), 3.0, 5.0, epsilon=EPS)
+    floor = np.sqrt(EPS)
+    assert_close(step.r, np.clip(sigma_b / floor, 1 / 3.0, 3.0), rtol=1e-6)
+    assert_close(step.d, np.clip(mean_b / floor, -5.0, 5.0), rtol=1e-6)
+    assert np.all(np.isfinite(as_numpy(step.r))) and np.all(np.isfinite(as_numpy(step.d)))
+    # Above the floor nothing changes.
+    above = batch_renorm(None, mean_b, sigma_b, np.zeros(2), np.full(2, 0.5), 3.0, 5.0)
+    assert_close(above.d, mean_b / 0.5, rtol=1e-6)
+
+
+# ----------------------------------------------------------------------------
+# Masks
+# ----------------------------------------------------------------------------
+# (input shape, channel axis); the mask covers every axis but the last, as in Keras.
+MASKED_SHAPES = {"sequence": ((6, 5, 3), -1), "image": ((4, 3, 3, 2), -1),
+                 "channels_first": ((6, 3, 4), 1)}
+
+
+def random_mask(shape, rng):
+    """About a third of the entries masked; example 0 whole, example 1 entirely masked."""
+    mask = rng.uniform(size=shape[:-1]) > 0.35
+    mask[0], mask[1] = True, False
+    return mask
+
+
+def masked_batches(shape, steps, seed=0, padding=1000.0):
+    """(x, mask) pairs whose masked entries hold `padding`, which must not count."""
+    rng = np.random.default_rng(seed + 100)
+    for x in shifting_batches(shape, steps, seed):
+        mask = random_mask(shape, rng)
+        x[~mask] = padding
+        yield x, mask
+
+
+def keras_batch_norm(shape, gamma, beta, **kwargs):
+    oracle = keras.layers.BatchNormalization(epsilon=EPS, **kwargs)
+    oracle.build(shape)
+    oracle.gamma.assign(gamma)
+    oracle.beta.assign(beta)
+    return oracle
+
+
+@pytest.mark.parametrize("moving_statistic", ["variance", "stddev"])
+@pytest.mark.parametrize("kind", list(MASKED_SHAPES))
+def test_masked_whole_batch_matches_keras_batch_norm(kind, moving_statistic):
+    shape, axis = MASKED_SHAPES[kind]
+    # Batch norm, spelled as Keras does (renorm=False: the moving variance) or
+    # as brlib's rmax = 1, dmax = 0 with the renorm paper's moving σ.
+    settings = dict(renorm=False) if moving_statistic == "variance" else dict(rmax=1.0, dmax=0.0)
+    layer, gamma, beta = make_layer(shape, axis=axis, momentum=0.8, **settings)
+    oracle = keras_batch_norm(shape, gamma, beta, axis=axis, momentum=0.8)
+    ref = NumpyRenorm(shape[axis], 0.8, 1.0, 0.0, None, gamma, beta, axis=axis,
+                      moving_statistic=moving_statistic)
+    for x, mask in masked_batches(shape, steps=4):
+        y = layer(x, mask=mask, training=True)
+        # Every position, masked ones included, is normalized as Keras does it.
+        assert_close(y, oracle(x, mask=mask, training=True), rtol=1e-5, atol=1e-5)
+        assert_close(y, ref.train_step(x, mask), rtol=OUTPUT_TOLERANCE, atol=OUTPUT_TOLERANCE)
+        assert_close(layer.moving_mean, oracle.moving_mean, rtol=1e-6, atol=1e-6)
+        if moving_statistic == "variance":
+            assert_close(layer.moving_variance, oracle.moving_variance, rtol=1e-6, atol=1e-6)
+        else:  # the average of σ_B, which Keras does not keep
+            assert_close(layer.moving_stddev, ref.spread, rtol=1e-6, atol=1e-6)
+    x, mask = next(masked_batches(shape, steps=1, seed=9))
+    if moving_statistic == "variance":
+        assert_close(layer(x, training=False), oracle(x, training=False), rtol=1e-5, atol=1e-5)
+    assert_close(layer(x, training=False), ref.infer(x), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("microbatch_size", [2, 4])
+@pytest.mark.parametrize("kind", ["sequence", "image"])
+def test_masked_microbatches_match_numpy(kind, microbatch_size):
+    shape = (8,) + MASKED_SHAPES[kind][0][1:]
+    m = microbatch_size
+    settings = dict(momentum=0.8, rmax=1.5, dmax=0.5, microbatch_size=m)
+    layer, gamma, beta = make_layer(shape, **settings)
+    ref = NumpyRenorm(shape[-1], gamma=gamma, beta=beta, **settings)
+    for x, mask in masked_batches(shape, steps=5, seed=3):
+        mask[m:2 * m] = False  # one microbatch entirely masked
+        x[m:2 * m] = 0.0
+        y = as_numpy(layer(x, mask=mask, training=True))
+        assert np.all(np.isfinite(y))
+        assert_close(y, ref.train_step(x, mask), rtol=OUTPUT_TOLERANCE, atol=OUTPUT_TOLERANCE)
+        assert_close(layer.moving_mean, ref.mu, rtol=1e-5, atol=1e-5)
+        assert_close(layer.moving_stddev, ref.spread, rtol=1e-5, atol=1e-5)
+        assert_close(float(layer.fraction_r_clipped), ref.fraction_r, atol=1e-6)
+        assert_close(float(layer.fraction_d_clipped), ref.fraction_d, atol=1e-6)
+    for clipped in (ref.clipped_r, ref.clipped_d):
+        assert 0 < np.mean(np.concatenate(clipped)) < 1
+    assert_close(layer(x, training=False), ref.infer(x), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("padding", [0.0, np.nan])
+def test_entirely_masked_microbatch_counts_for_nothing(padding):
+    # A layer fed the batch with its second microbatch masked must end as one
+    # fed the first microbatch alone: no NaN, no update from the masked one.
+    shape, m = (8, 5, 3), 4
+    settings = dict(momentum=0.5, rmax=1.5, dmax=0.5, microbatch_size=m)
+    masked, _, _ = make_layer(shape, **settings)
+    alone, _, _ = make_layer((m,) + shape[1:], **settings)
+    mask = np.ones(shape[:-1], bool)
+    mask[m:] = False
+    for x in shifting_batches(shape, steps=3, seed=4):
+        x[m:] = padding
+        y = as_numpy(masked(x, mask=mask, training=True))
+        assert np.all(np.isfinite(y[:m]))
+        assert np.all(np.isfinite(y)) == (padding == 0.0)  # NaN inputs stay NaN where they are
+        assert_close(y[:m], alone(x[:m], training=True), rtol=1e-6, atol=1e-6)
+        for name in ("moving_mean", "moving_stddev", "fraction_r_clipped", "fraction_d_clipped"):
+            assert_close(getattr(masked, name), getattr(alone, name), rtol=1e-6, atol=1e-7)
+    assert float(masked.skipped_updates) == 0
+
+
+@pytest.mark.parametrize("moving_statistic", ["variance", "stddev"])
+def test_entirely_masked_batch_keeps_the_moving_statistics(moving_statistic):
+    shape = (4, 5, 3)
+    settings = dict(renorm=False) if moving_statistic == "variance" else dict(rmax=1.0, dmax=0.0)
+    layer, gamma, beta = make_layer(shape, momentum=0.5, **settings)
+    layer.moving_mean.assign([0.5, -1.0, 2.0])
+    before = [as_numpy(w).copy() for w in (layer.moving_mean, moving_spread(layer))]
+    x = next(shifting_batches(shape, 1))
+    mask = np.zeros(shape[:-1], bool)
+    y = layer(x, mask=mask, training=True)
+    assert np.all(np.isfinite(as_numpy(y)))
+    assert_equal(layer.moving_mean, before[0])
+    assert_equal(moving_spread(layer), before[1])
+    assert float(layer.skipped_updates) == 0
+    # The output is Keras's for an empty batch (µ_B = 0, var_B = 0); Keras
+    # would also move its statistics towards zero, which this layer does not.
+    oracle = keras_batch_norm(shape, gamma, beta, momentum=0.5)
+    assert_close(y, oracle(x, mask=mask, training=True), rtol=1e-5, atol=1e-5)
+
+
+def test_mask_changes_nothing_at_inference_and_is_passed_on():
+    shape = (6, 5, 3)
+    layer, _, _ = make_layer(shape, microbatch_size=2)
+    layer.moving_mean.assign([0.5, -1.0, 2.0])
+    x, mask = next(masked_batches(shape, 1))
+    assert_equal(layer(x, mask=mask), layer(x))
+    assert layer.supports_masking and layer.compute_mask(x, mask) is mask
+    # In a model, Masking feeds the mask in and pooling reads it after the layer.
+    inputs = keras.Input(shape[1:])
+    masked = keras.layers.Masking(mask_value=1000.0)(inputs)
+    pooled = keras.layers.GlobalAveragePooling1D()(layer(masked))
+    model = keras.Model(inputs, pooled)
+    y, counts = as_numpy(layer(x)), mask.sum(axis=1)
+    keep = counts > 0  # example 1 is entirely masked: nothing to average
+    expected = (y * mask[..., None]).sum(axis=1)[keep] / counts[keep, None]
+    assert_close(as_numpy(model(x))[keep], expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("mask_shape", [(6, 5, 3), (6,), (6, 4)])
+def test_mask_of_the_wrong_shape_is_named(mask_shape):
+    layer = br.BatchRenormalization()
+    with pytest.raises(ValueError, match="`mask` must have one axis fewer"):
+        layer(np.zeros((6, 5, 3), np.float32), mask=np.ones(mask_shape, bool), training=True)
+
+
+# ----------------------------------------------------------------------------
+# Keras's arguments
+# ----------------------------------------------------------------------------
+DROP_IN_SHAPES = {"dense": ((16, 6), -1), "conv": ((16, 4, 4, 3), -1),
+                  "channels_first": ((8, 3, 4, 4), 1)}
+
+
+@pytest.mark.parametrize("kind", list(DROP_IN_SHAPES))
+def test_renorm_false_is_keras_batch_norm(kind):
+    # renorm=False: rmax = 1, dmax = 0 and Keras's moving variance, a drop-in
+    # for keras.layers.BatchNormalization in training and at inference.
+    shape, axis = DROP_IN_SHAPES[kind]
+    layer, gamma, beta = make_layer(shape, axis=axis, momentum=0.8, renorm=False)
+    assert (float(layer.rmax), float(layer.dmax), layer.moving_statistic) == (1, 0, "variance")
+    oracle = keras_batch_norm(shape, gamma, beta, axis=axis, momentum=0.8)
+    for x in shifting_batches(shape, steps=5):
+        assert_close(layer(x, training=True), oracle(x, training=True), rtol=1e-5, atol=1e-5)
+        assert_close(layer.moving_mean, oracle.moving_mean, rtol=1e-6, atol=1e-6)
+        assert_close(layer.moving_variance, oracle.moving_variance, rtol=1e-6, atol=1e-6)
+    assert_close(layer(x, training=False), oracle(x, training=False), rtol=1e-5, atol=1e-5)
+
+
+@needs_keras_renorm
+def test_keras_renorm_without_clipping_is_unclipped():
+    # Keras's renorm=True without renorm_clipping clips nothing, and its moving σ
+    # starts at the square root of its moving-variance initializer.
+    shape = SHAPES["conv"]
+    init = keras.initializers.Constant(2.25)
+    layer, gamma, beta = make_layer(shape, momentum=0.8, renorm=True, renorm_momentum=0.8,
+                                    moving_variance_initializer=init)
+    assert float(layer.rmax) == float(layer.dmax) == np.inf
+    assert_close(layer.moving_stddev, np.full(3, 1.5))
+    oracle = keras_batch_norm(shape, gamma, beta, momentum=0.8, renorm=True, renorm_momentum=0.8,
+                              moving_variance_initializer=init)
+    for x in shifting_batches(shape, steps=4):
+        assert_close(layer(x, training=True), oracle(x, training=True), rtol=1e-4, atol=1e-4)
+        assert_close(layer.moving_stddev, oracle.moving_stddev, rtol=1e-5, atol=1e-5)
+    assert float(layer.fraction_r_clipped) == float(layer.fraction_d_clipped) == 0.0
+    assert_close(layer(x), oracle(x, training=False), rtol=1e-4, atol=1e-4)
+
+
+def test_every_keras_batch_norm_argument_is_accepted():
+    import inspect
+
+    ours = inspect.signature(br.BatchRenormalization.__init__).parameters
+    theirs = inspect.signature(keras.layers.BatchNormalization.__init__).parameters
+    assert set(theirs) - set(ours) == set()
+
+
+def test_constraints_and_regularizers_match_keras():
+    # One SGD step that drives γ negative and β far out: the constraints must
+    # clamp them exactly as Keras's BatchNormalization does with the same ones.
+    shape = (16, 4)
+    rng = np.random.default_rng(2)
+    x = (rng.normal(size=shape) * 3 + 1).astype(np.float32)
+    standardized = (x - x.mean(0)) / np.sqrt(x.var(0) + EPS)
+    target = -3 * standardized + 5
+    arguments = dict(epsilon=EPS, gamma_constraint="non_neg",
+                     beta_constraint=keras.constraints.MaxNorm(1.0, axis=0),
+                     gamma_regularizer=keras.regularizers.L2(0.01), beta_regularizer="l1")
+    layers = [br.BatchRenormalization(renorm=False, **arguments),
+              keras.layers.BatchNormalization(**arguments)]
+    for norm in layers:
+        model = keras.Sequential([keras.Input(shape[1:]), norm])
+        model.compile(keras.optimizers.SGD(1.0), "mse")
+        model.fit(x, target, batch_size=16, epochs=1, verbose=0)
+    ours, theirs = layers
+    assert_close(ours.gamma, theirs.gamma, rtol=1e-5, atol=1e-6)
+    assert_close(ours.beta, theirs.beta, rtol=1e-5, atol=1e-6)
+    assert np.min(as_numpy(ours.gamma)) == 0.0  # the non-negativity constraint acted
+    assert_close(np.linalg.norm(as_numpy(ours.beta)), 1.0, rtol=1e-5)  # and the norm's
+    assert_close(sum(as_numpy(v) for v in ours.losses),
+                 sum(as_numpy(v) for v in theirs.losses), rtol=1e-6)
+
+
+def test_config_with_every_argument_round_trips(tmp_path):
+    layer = br.BatchRenormalization(
+        renorm=False, beta_constraint="non_neg", gamma_constraint=keras.constraints.MaxNorm(2.0),
+        beta_regularizer="l2", gamma_regularizer=keras.regularizers.L1(0.01),
+        moving_variance_initializer=keras.initializers.Constant(2.0),
+        synchronized=BACKEND == "tensorflow", name="norm")
+    config = layer.get_config()
+    assert config["moving_statistic"] == "variance" and config["moving_stddev_initializer"] is None
+    assert config["beta_constraint"]["class_name"] == "NonNeg"
+    assert config["gamma_constraint"]["config"]["max_value"] == 2.0
+    assert config["synchronized"] == (BACKEND == "tensorflow")
+    clone = br.BatchRenormalization.from_config(config)
+    assert clone.get_config() == config
+    model = keras.Sequential([keras.Input((4,)), layer])
+    model.compile("sgd", "mse")
+    path = os.path.join(tmp_path, "model.keras")
+    model.save(path)
+    loaded = keras.models.load_model(path).layers[0]
+    assert loaded.get_config() == config
+    assert_equal(loaded.moving_variance, np.full(4, 2.0))
+    assert isinstance(loaded.gamma_constraint, keras.constraints.MaxNorm)
+
+
+def test_config_saved_before_the_keras_arguments_still_loads():
+    # The configuration the layer wrote before it took Keras's arguments.
+    old = {
+        "name": "norm", "trainable": True,
+        "dtype": {"module": "keras", "class_name": "DTypePolicy", "config": {"name": "float32"},
+                  "registered_name": None},
+        "axis": -1, "momentum": 0.9, "epsilon": 0.0001, "center": True, "scale": False,
+        "rmax": 2.5, "dmax": 1.5, "microbatch_size": 2,
+        "beta_initializer": {"module": "keras.initializers", "class_name": "Zeros", "config": {},
+                             "registered_name": None},
+        "gamma_initializer": {"module": "keras.initializers", "class_name": "Ones", "config": {},
+                              "registered_name": None},
+        "moving_mean_initializer": {"module": "keras.initializers", "class_name": "Zeros",
+                                    "config": {}, "registered_name": None},
+        "moving_stddev_initializer": {"module": "keras.initializers", "class_name": "Constant",
+                                      "config": {"value": 0.5}, "registered_name": None},
+        "beta_regularizer": None, "gamma_regularizer": None,
+    }
+    layer = keras.saving.deserialize_keras_object({
+        "module": "brlib.layers", "class_name": "BatchRenormalization", "config": old,
+        "registered_name": "brlib>BatchRenormalization"})
+    assert isinstance(layer, br.BatchRenormalization)
+    layer.build((4, 3))
+    assert (float(layer.rmax), float(layer.dmax), layer.microbatch_size) == (2.5, 1.5, 2)
+    assert layer.moving_statistic == "stddev" and layer.gamma is None
+    assert_equal(layer.moving_stddev, np.full(3, 0.5))
+    config = layer.get_config()
+    assert {key: config[key] for key in old if key != "dtype"} == {
+        key: value for key, value in old.items() if key != "dtype"}
+
+
+@pytest.mark.parametrize("kwargs, names", [
+    ({"renorm": "yes"}, ["renorm", "True or False"]),
+    ({"center": 1}, ["center", "True or False"]),
+    ({"synchronized": "yes"}, ["synchronized", "True or False"]),
+    ({"renorm": True, "rmax": 2.0}, ["renorm", "rmax", "not both"]),
+    ({"renorm": False, "dmax": 0.0}, ["renorm", "dmax", "not both"]),
+    ({"renorm_clipping": {"rmax": 2.0, "rmin": 0.5}}, ["renorm_clipping", "renorm=True"]),
+    ({"renorm_momentum": 0.99}, ["renorm_momentum", "renorm=True"]),
+    ({"renorm": False, "renorm_momentum": 0.9}, ["renorm_momentum", "renorm=True"]),
+    ({"renorm": False, "renorm_clipping": {}}, ["renorm_clipping", "renorm=True"]),
+    ({"renorm": True, "renorm_clipping": {"random_key": 1.0}}, ["renorm_clipping", "random_key"]),
+    ({"renorm": True, "renorm_clipping": [3.0]}, ["renorm_clipping", "dict"]),
+    ({"renorm": True, "renorm_clipping": {"rmax": 3.0, "rmin": 0.3}},
+     ["renorm_clipping", "1/rmax", "0.333"]),
+    ({"renorm": True, "renorm_clipping": {"rmax": 3.0}}, ["renorm_clipping", "'rmin'"]),
+    ({"renorm": True, "renorm_clipping": {"rmax": 0.5, "rmin": 2.0}},
+     ["renorm_clipping['rmax']", ">= 1"]),
+    ({"renorm": True, "renorm_clipping": {"dmax": -1.0}}, ["renorm_clipping['dmax']", ">= 0"]),
+    ({"renorm": True, "renorm_clipping": {"dmax": "big"}}, ["renorm_clipping['dmax']", "number"]),
+    ({"renorm": True, "renorm_momentum": 0.8}, ["renorm_momentum", "momentum", "one pair"]),
+    ({"moving_statistic": "mean"}, ["moving_statistic", "stddev", "variance"]),
+    ({"moving_variance_initializer": "random_normal"},
+     ["moving_variance_initializer", "moving_stddev_initializer"]),
+    ({"moving_variance_initializer": keras.initializers.Constant(-1.0)},
+     ["moving_variance_initializer", "moving_stddev_initializer"]),
+    ({"moving_variance_initializer": "ones", "moving_stddev_initializer": "ones"},
+     ["moving_stddev_initializer", "moving_variance_initializer", "not both"]),
+    ({"moving_statistic": "variance", "moving_stddev_initializer": "zeros"},
+     ["moving_stddev_initializer", "moving_variance_initializer"]),
+    ({"renorm": False, "moving_stddev_initializer": "zeros"},
+     ["moving_stddev_initializer", "moving_variance_initializer"]),
+    ({"beta_constraint": "no_such_constraint"}, ["beta_constraint", "constraint"]),
+    ({"gamma_regularizer": "no_such_regularizer"}, ["gamma_regularizer", "regularizer"]),
+    ({"beta_initializer": "no_such_initializer"}, ["beta_initializer", "initializer"]),
+    ({"synchronized": True, "microbatch_size": 4}, ["synchronized", "microbatch_size",
+                                                    "one replica"]),
+])
+def test_bad_keras_arguments_are_named(kwargs, names):
+    with pytest.raises(ValueError) as error:
+        br.BatchRenormalization(**kwargs)
+    for name in names:
+        assert name in str(error.value)
+
+
+@pytest.mark.skipif(BACKEND == "tensorflow", reason="tests the other backends' refusal")
+def test_synchronized_needs_tensorflow():
+    with pytest.raises(ValueError, match="synchronized=True needs the TensorFlow backend"):
+        br.BatchRenormalization(synchronized=True)
+
+
+@tensorflow_only
+def test_synchronized_outside_a_strategy_is_the_local_batch():
+    shape = SHAPES["conv"]
+    synced, gamma, beta = make_layer(shape, rmax=1.5, dmax=0.5, synchronized=True)
+    local, _, _ = make_layer(shape, rmax=1.5, dmax=0.5)
+    for x, mask in masked_batches(shape, steps=2):
+        for use_mask in (None, mask):
+            assert_close(synced(x, mask=use_mask, training=True),
+                         local(x, mask=use_mask, training=True), rtol=1e-5, atol=1e-5)
+    assert_close(synced.moving_mean, local.moving_mean, rtol=1e-6, atol=1e-6)
+
+
+SYNCHRONIZED_PROGRAM = """
+import numpy as np
+import tensorflow as tf
+
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+import brlib as br  # noqa: E402
+
+strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+assert strategy.num_replicas_in_sync == 2
+rng = np.random.default_rng(0)
+# The two halves differ in scale and offset, so per-replica statistics differ from global ones.
+x = rng.normal(size=(8, 5, 3)).astype(np.float32)
+x[4:] = x[4:] * 3 + 2
+mask = rng.uniform(size=(8, 5)) > 0.3
+settings = dict(rmax=1.5, dmax=0.5, momentum=0.5, epsilon=1e-3)
+with strategy.scope():  # built here: variables made inside a tf.function would be lifted
+    synced = br.BatchRenormalization(synchronized=True, **settings)
+    local = br.BatchRenormalization(**settings)
+    synced.build((4, 5, 3))
+    local.build((4, 5, 3))
+single = br.BatchRenormalization(**settings)
+
+
+def halves(values):
+    return strategy.experimental_distribute_values_from_function(
+        lambda context: values[4 * context.replica_id_in_sync_group:
+                               4 * (context.replica_id_in_sync_group + 1)])
+
+
+def stepper(layer, use_mask):  # a training step on the two halves, outputs concatenated
+    @tf.function
+    def run(xs, masks):
+        return strategy.run(lambda a, b: layer(a, mask=b if use_mask else None, training=True),
+                            args=(xs, masks))
+
+    return lambda: np.concatenate(
+        [v.numpy() for v in strategy.experimental_local_results(run(halves(x), halves(mask)))])
+
+
+for use_mask in (False, True):
+    synced_step, local_step = stepper(synced, use_mask), stepper(local, use_mask)
+    for _ in range(2):
+        ours = synced_step()
+        apart = local_step()
+        whole = single(x, mask=mask if use_mask else None, training=True).numpy()
+        np.testing.assert_allclose(ours, whole, rtol=1e-5, atol=1e-5)
+        assert not np.allclose(apart, whole, rtol=1e-3, atol=1e-3)
+        for name in ("moving_mean", "moving_stddev"):
+            copies = [v.numpy() for v in
+                      strategy.experimental_local_results(getattr(synced, name).value)]
+            np.testing.assert_array_equal(copies[0], copies[1])
+            np.testing.assert_allclose(copies[0], getattr(single, name).numpy(), rtol=1e-5,
+                                       atol=1e-6)
+print("synchronized statistics match the whole batch")
+"""
+
+
+@tensorflow_only
+def test_synchronized_statistics_span_the_replicas():
+    # Two logical CPUs must be set before TensorFlow starts: a fresh process.
+    import subprocess
+    import sys
+
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", KERAS_BACKEND="tensorflow")
+    done = subprocess.run([sys.executable, "-c", SYNCHRONIZED_PROGRAM], env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "match the whole batch" in done.stdout
