@@ -42,6 +42,7 @@ import tensorflow as tf  # noqa: E402
 from filelock import FileLock, Timeout  # noqa: E402
 
 import brlib.data  # noqa: E402
+import brlib.glyphs  # noqa: E402
 from brlib.layers import BatchRenormalization  # noqa: E402
 from brlib import recalibration  # noqa: E402
 from brlib.models import seed_convnet  # noqa: E402
@@ -133,8 +134,15 @@ class Preset:
         return step >= 0.75 * self.steps or step >= last_window
 
     def settings(self):
-        """Every setting, as a JSON-ready dict: what identifies a results directory."""
-        return dataclasses.asdict(self)
+        """Every setting, as a JSON-ready dict: what identifies a results directory.
+
+        For the glyph dataset, which is rendered from installed fonts, the
+        SHA-256 of every font file is a setting too (`font_sha256`).
+        """
+        settings = dataclasses.asdict(self)
+        if brlib.data.GLYPHS.fullmatch(self.dataset):
+            settings["font_sha256"] = brlib.glyphs.font_hashes()
+        return settings
 
     def validate(self):
         positive = ("minibatch_size", "microbatch_size", "steps", "eval_every", "seeds",
@@ -166,9 +174,9 @@ class Preset:
         if self.final_evaluations > self.steps // self.eval_every:
             raise ValueError(f"`final_evaluations`={self.final_evaluations} must not exceed "
                              f"the run's {self.steps // self.eval_every} evaluations.")
-        if self.dataset not in brlib.data.LOADERS:
-            raise ValueError(f"`dataset` must be one of {sorted(brlib.data.LOADERS)}; "
-                             f"got dataset={self.dataset!r}.")
+        if not brlib.data.is_known(self.dataset):
+            raise ValueError(f"`dataset` must be one of {sorted(brlib.data.LOADERS)} or "
+                             f"glyphs<classes>; got dataset={self.dataset!r}.")
         if self.sampling not in SAMPLINGS:
             raise ValueError(f"`sampling` must be one of {list(SAMPLINGS)}; "
                              f"got sampling={self.sampling!r}.")
@@ -901,29 +909,59 @@ class _StepReport:
         self.count = 0
 
 
-def compare(dataset, microbatch_size=2, rmax=3.0, dmax=5.0, steps=150, minibatch_size=64,
-            evaluations=5, seed=0, widths=(8, 16, 32), recalibration_batches=5):
-    """Batch norm against batch renorm with fixed rmax and dmax, on a small model, in memory.
+def compare(dataset, microbatch_size=2, rmax=3.0, dmax=5.0, steps=1200, minibatch_size=64,
+            evaluations=8, seed=0, widths=(8, 16, 32), recalibration_batches=10,
+            warmup_steps=None, anneal=True):
+    """Batch norm against batch renorm on a small model, in memory: the presets' protocol in small.
 
-    For the notebooks' Run button: no files, no schedule (renorm runs with
-    the given clip bounds from the first step), a constant learning rate.
-    Returns {arm: (steps, test accuracies with moving averages, test
-    accuracies recalibrated)}: where the two accuracies differ, the moving
-    averages have not caught up with the weights.
+    For the notebooks' Run button; no files. The renorm arm is batch norm
+    (rmax = 1, dmax = 0) for `warmup_steps`; its bounds then open linearly and
+    reach `rmax` and `dmax` at half the run (at once when the warm-up ends
+    later). With `anneal`, the learning rate (Adam, 1e-3) is held for the
+    first half of the run, cosine-annealed to 1 % of itself by three quarters
+    and held there, so the moving averages (α = 0.01) catch up with weights
+    that have almost stopped; without it, it stays constant. One seed: the
+    curves carry no interval.
+
+    Args:
+        dataset: ((x_train, y_train), (x_test, y_test)).
+        microbatch_size: Examples normalized together, in both arms.
+        rmax: Final rmax of the renorm arm, >= 1.
+        dmax: Final dmax of the renorm arm, >= 0.
+        steps: Training steps of each arm.
+        minibatch_size: Examples per step (the gradient's average).
+        evaluations: How many evaluations, evenly spaced, the last at `steps`.
+        seed: Initial weights and minibatches, the same for both arms.
+        widths: Filters of the convnet's three 3×3 convolutions.
+        recalibration_batches: Training minibatches of the recalibrated model.
+        warmup_steps: Steps with rmax = 1 and dmax = 0; None for a quarter of
+            the run; 0 opens the bounds from the first step.
+        anneal: Whether to anneal the learning rate as described above.
+
+    Returns:
+        {arm: (steps, test accuracies with moving averages, test accuracies
+        recalibrated)}: where the two accuracies differ, the moving averages
+        have not caught up with the weights.
     """
+    check_integer("steps", steps, "an integer >= 2", lambda v: v >= 2)
+    warmup_steps = steps // 4 if warmup_steps is None else warmup_steps
+    check_integer("warmup_steps", warmup_steps, "an integer >= 0", lambda v: v >= 0)
+    ramp_end = max(warmup_steps, steps // 2)
+    decay = (dict(lr_decay_start=steps // 2, lr_decay_end=max(3 * steps // 4, steps // 2 + 1))
+             if anneal else dict(lr_decay_start=None, lr_decay_end=None))
     preset = dataclasses.replace(
         get_preset("quick"), microbatch_size=microbatch_size, minibatch_size=minibatch_size,
-        steps=steps, eval_every=max(steps // evaluations, 1), warmup_steps=0, rmax_final=rmax,
-        rmax_steps=0, dmax_final=dmax, dmax_steps=0, widths=tuple(widths), dropout=0.0,
-        lr_decay_start=None, lr_decay_end=None, final_evaluations=1,
-        recalibration_batches=recalibration_batches).validate()
+        steps=steps, eval_every=max(steps // evaluations, 1), warmup_steps=warmup_steps,
+        rmax_final=rmax, rmax_steps=ramp_end, dmax_final=dmax, dmax_steps=ramp_end,
+        widths=tuple(widths), dropout=0.0, final_evaluations=1,
+        recalibration_batches=recalibration_batches, **decay).validate()
     curves = {}
     for arm in ("batchnorm", "batchrenorm"):
         run = Run(preset, arm, seed, dataset)
         points = []
         for step in range(preset.steps):
             run.train_step(step)
-            if (step + 1) % preset.eval_every == 0:
+            if (step + 1) % preset.eval_every == 0 or step + 1 == preset.steps:
                 points.append((step + 1, run.evaluate()[0], run.evaluate_recalibrated()[0]))
         curves[arm] = tuple(np.array(column) for column in zip(*points))
     return curves

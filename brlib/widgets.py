@@ -75,17 +75,24 @@ def corrections_from_features(features, microbatch_size, microbatches=2000, seed
 
 
 def partner_outputs(features, microbatch_size, example=0, channel=0, partners=500, seed=0,
-                    epsilon=1e-3):
+                    epsilon=1e-3, statistics=False):
     """One value of one example, normalized in training mode with many different partners.
 
     The value is `features[example]` at its central position in `channel`.
     Each draw puts the example in a microbatch with `microbatch_size` − 1
     random other examples and normalizes it by that microbatch's µ_B and σ_B
     (batch norm). Inference normalizes by µ, the features' mean, and by
-    σ = E[σ_B] over random microbatches, the values the moving averages hold.
+    σ = E[σ_B] over random microbatches of the same size, the values the
+    moving averages hold; σ therefore depends on the microbatch size.
+
+    Args:
+        statistics: If True, also return a dict with the example's `value`,
+            its own mean over the channel's positions (`example_mean`), `mu`,
+            `sigma`, and each draw's `mean_b` and `sigma_b`.
 
     Returns:
-        (training-mode outputs, one per draw; the inference-mode output).
+        (training-mode outputs, one per draw; the inference-mode output), and
+        the dict when `statistics` is True.
     """
     _check_group_size(microbatch_size)
     features = np.asarray(features, dtype=np.float64)[..., channel]
@@ -101,28 +108,39 @@ def partner_outputs(features, microbatch_size, example=0, channel=0, partners=50
     mean_b, sigma_b = _moments(groups, axes, epsilon)
     random_groups = features[rng.integers(0, len(features), (partners, microbatch_size))]
     sigma = _moments(random_groups, axes, epsilon)[1].mean()  # E[σ_B]
-    return (value - mean_b) / sigma_b, (value - features.mean()) / sigma
+    mu = features.mean()
+    outputs = ((value - mean_b) / sigma_b, (value - mu) / sigma)
+    if not statistics:
+        return outputs
+    return outputs + ({"value": value, "example_mean": features[example].mean(), "mu": mu,
+                       "sigma": sigma, "mean_b": mean_b, "sigma_b": sigma_b},)
 
 
 def partners_figure(outputs, inference):
     """Histograms of an example's training-mode outputs, one row per microbatch size.
 
-    `outputs` maps a microbatch size to the outputs of `partner_outputs`. The
-    inference-mode output is marked: batch renorm with unclipped r and d
-    outputs exactly that value whatever the partners, since its training
-    output is (x − µ)/σ.
+    `outputs` maps a microbatch size to the outputs of `partner_outputs`;
+    `inference` is the inference-mode output, one number or a mapping from
+    microbatch size to that size's value (σ = E[σ_B] depends on the size).
+    Each row marks its inference-mode output (red; batch renorm with
+    unclipped r and d outputs exactly that value whatever the partners, since
+    its training output is (x − µ)/σ) and the mean of the histogram (black,
+    dashed).
     """
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(len(outputs), 1, figsize=(7, 1.5 + 1.1 * len(outputs)),
                              sharex=True, squeeze=False)
     for ax, (size, values) in zip(axes[:, 0], outputs.items()):
+        value = inference[size] if hasattr(inference, "keys") else inference
         ax.hist(values, bins=50, color="tab:blue", alpha=0.7)
-        ax.axvline(inference, color="tab:red", lw=2)
+        ax.axvline(value, color="tab:red", lw=2)
+        ax.axvline(np.mean(values), color="black", lw=1, ls="--")
         ax.set_ylabel(f"m = {size}")
         ax.set_yticks([])
-    axes[0, 0].set_title("training output of one example over random partners (batch norm); "
-                         "red: inference output, and renorm's training output", fontsize=9)
+    axes[0, 0].set_title("training output of one example over random partners (batch norm);\n"
+                         "red: inference output at this m (renorm's training output); "
+                         "dashed: mean of the histogram", fontsize=9)
     axes[-1, 0].set_xlabel("normalized value")
     fig.tight_layout()
     return fig
@@ -158,21 +176,40 @@ def clip_figure(r, d, rmax, dmax, title=""):
     return fig
 
 
-def train_vs_inference(x, microbatch_size, rmax, dmax):
+def train_vs_inference(x, microbatch_size, rmax, dmax, mu=0.0, sigma=1.0, fractions=False):
     """Outputs of brlib's layer in training and in inference mode on the same x.
 
-    The moving statistics are set to the population's (mean 0, stddev 1 of
-    x's generator), so inference is the normalization renorm aims at.
+    Both modes use the same moving statistics µ = `mu` and σ = `sigma` (per
+    channel, or one number for all): the training call corrects towards them
+    with r and d, and inference normalizes by them. The defaults are the
+    population's of a standard-normal x. Without clipping the two outputs
+    agree whatever µ and σ are (the identity of r and d); with clipping the
+    gap grows as µ and σ move away from the microbatches' statistics.
+
+    Returns:
+        (training output, inference output), and with `fractions` also the
+        fractions of r and of d that were clipped in the training call.
     """
+    channels = x.shape[-1]
+    mu = np.broadcast_to(np.asarray(mu, dtype=np.float32), (channels,))
+    sigma = np.broadcast_to(np.asarray(sigma, dtype=np.float32), (channels,))
     layer = BatchRenormalization(rmax=rmax, dmax=dmax, microbatch_size=microbatch_size)
-    layer.build(x.shape)  # µ = 0 and σ = 1 until the training call updates them
+    layer.build(x.shape)
+    layer.moving_mean.assign(mu)
+    layer.moving_stddev.assign(sigma)
     train = np.asarray(layer(x, training=True))
-    layer.moving_mean.assign(np.zeros(x.shape[-1]))
-    layer.moving_stddev.assign(np.ones(x.shape[-1]))
-    return train, np.asarray(layer(x, training=False))
+    clipped = (float(layer.fraction_r_clipped), float(layer.fraction_d_clipped))
+    layer.moving_mean.assign(mu)  # the training call moved them; inference uses the same µ, σ
+    layer.moving_stddev.assign(sigma)
+    outputs = (train, np.asarray(layer(x, training=False)))
+    return outputs + (clipped,) if fractions else outputs
 
 
-def train_vs_inference_figure(train, infer, rmax, dmax):
+def train_vs_inference_figure(train, infer, rmax, dmax, mu=None, sigma=None):
+    """Training-mode against inference-mode outputs, with the diagonal and the RMS gap.
+
+    With `mu` and `sigma` (numbers), the title names the moving statistics too.
+    """
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(4.5, 4))
@@ -180,8 +217,10 @@ def train_vs_inference_figure(train, infer, rmax, dmax):
     line = np.array([infer.min(), infer.max()])
     ax.plot(line, line, color="black", lw=1)
     gap = np.sqrt(np.mean((train - infer) ** 2))
+    statistics = "" if mu is None else f", µ {mu:g}, σ {sigma:g}"
     ax.set(xlabel="inference output (x − µ)/σ", ylabel="training output",
-           title=f"rmax {rmax:.2f}, dmax {dmax:.2f}: RMS gap {gap:.3f}")
+           title=f"rmax {rmax:.2f}, dmax {dmax:.2f}{statistics}: RMS gap {gap:.3f}")
+    ax.title.set_fontsize(9)
     fig.tight_layout()
     return fig
 
@@ -196,7 +235,12 @@ def schedule_figure(warmup_steps, rmax_final, rmax_steps, dmax_final, dmax_steps
         steps: The last step drawn.
         recorded: Optional (steps, r, d): at each recorded step, arrays of the
             unclipped r and d of a run's microbatches against its moving
-            averages. A second panel then shows the share the schedule clips.
+            averages. The upper panel then also draws, at each recorded step,
+            the 99th percentile of max(r, 1/r) and of |d| (how wide the bounds
+            must be to pass 99 % of them), and a second panel shows the share
+            the schedule clips. During the warm-up (rmax = 1, dmax = 0) that
+            share is 100 % by definition, for every r ≠ 1 and d ≠ 0: the
+            layer is batch norm there, and the shaded span marks it.
     """
     import matplotlib.pyplot as plt
 
@@ -213,14 +257,24 @@ def schedule_figure(warmup_steps, rmax_final, rmax_steps, dmax_final, dmax_steps
     ax.legend(fontsize=8)
     if recorded is not None:
         at, r_values, d_values = recorded
+        r_spread = [np.percentile(np.maximum(r, 1 / r), 99) for r in r_values]
+        d_spread = [np.percentile(np.abs(d), 99) for d in d_values]
+        ax.plot(at, r_spread, color="tab:blue", ls="--", marker=".", lw=1,
+                label="run: 99th percentile of max(r, 1/r)")
+        ax.plot(at, d_spread, color="tab:orange", ls="--", marker=".", lw=1,
+                label="run: 99th percentile of |d|")
+        ax.legend(fontsize=7)
         shares = np.array([clip_fractions(r, d, *schedule(int(step)))
                            for step, r, d in zip(at, r_values, d_values)])
         clipped = axes[1, 0]
+        if warmup_steps > 0:
+            clipped.axvspan(0, warmup_steps, color="gray", alpha=0.15, lw=0,
+                            label="warm-up: batch norm, 100 % by definition")
         clipped.plot(at, 100 * shares[:, 0], marker=".", label="r clipped")
         clipped.plot(at, 100 * shares[:, 1], marker=".", label="d clipped")
         clipped.axvline(warmup_steps, color="gray", ls=":")
         clipped.set(ylabel="% clipped", ylim=(-3, 103))
-        clipped.legend(fontsize=8)
+        clipped.legend(fontsize=7)
     axes[-1, 0].set_xlabel("training step")
     fig.tight_layout()
     return fig
@@ -307,20 +361,31 @@ def partners_explorer(features, microbatch_size=2, microbatch_sizes=(2, 4, 8, 32
         values, inference = partner_outputs(features, microbatch_size, channel=channel)
         spread = np.sqrt(np.mean((values - inference) ** 2))
         return (partners_figure({microbatch_size: values}, inference),
-                f"RMS distance from the inference output: {spread:.3f}")
+                f"RMS distance from the inference output: {spread:.3f}; "
+                f"mean of the histogram − inference output: {np.mean(values) - inference:+.3f}")
 
     return _panel({"microbatch_size": size}, draw)
 
 
-def train_inference_explorer(microbatch_size=4, rmax=1.0, dmax=0.0, seed=0):
-    """Sliders for rmax and dmax over training-mode against inference-mode outputs."""
+def train_inference_explorer(microbatch_size=4, rmax=1.0, dmax=0.0, mu=0.0, sigma=1.0, seed=0):
+    """Sliders for rmax, dmax, µ and σ over training-mode against inference-mode outputs.
+
+    The data are 64 standard-normal examples of 3 channels; µ and σ are the
+    moving statistics both modes use (0 and 1: the population's).
+    """
     x = np.random.default_rng(seed).normal(size=(64, 3)).astype(np.float32)
+    sliders = _clip_sliders(rmax, dmax)
+    sliders["mu"] = _slider("µ", mu, -2.0, 2.0, 0.05)
+    sliders["sigma"] = _slider("σ", sigma, 0.25, 3.0, 0.05)
 
-    def draw(rmax, dmax):
-        train, infer = train_vs_inference(x, microbatch_size, rmax, dmax)
-        return train_vs_inference_figure(train, infer, rmax, dmax), None
+    def draw(rmax, dmax, mu, sigma):
+        train, infer, (fraction_r, fraction_d) = train_vs_inference(
+            x, microbatch_size, rmax, dmax, mu, sigma, fractions=True)
+        return (train_vs_inference_figure(train, infer, rmax, dmax, mu, sigma),
+                f"r outside its bounds in {100 * fraction_r:.1f} % of the (microbatch, channel) "
+                f"pairs, d in {100 * fraction_d:.1f} %")
 
-    return _panel(_clip_sliders(rmax, dmax), draw)
+    return _panel(sliders, draw)
 
 
 def schedule_explorer(warmup_steps=5000, rmax_final=3.0, rmax_steps=40000, dmax_final=5.0,
@@ -352,56 +417,85 @@ def schedule_explorer(warmup_steps=5000, rmax_final=3.0, rmax_steps=40000, dmax_
     return _panel(sliders, draw)
 
 
-def comparison_figure(curves):
-    """Test accuracy of each arm of `experiment.compare`, with moving averages and recalibrated."""
+def comparison_figure(curves, warmup_steps=None):
+    """Test accuracy of `experiment.compare`'s arms: moving averages solid, recalibrated dashed.
+
+    Each arm has its colour and marker (filled: moving averages, hollow:
+    recalibrated), and the first arm is drawn wider beneath the others, so
+    curves that coincide stay visible. The legend gives the final accuracies.
+    With `warmup_steps`, a dotted line marks the end of renorm's warm-up.
+    """
     import matplotlib.pyplot as plt
 
     from brlib.results import ARMS
 
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    for arm, (steps, accuracy, *recalibrated) in curves.items():
-        ax.plot(steps, 100 * accuracy, marker="o", color=ARMS[arm].color,
+    markers = ("o", "s", "^", "D")
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for index, (arm, (steps, accuracy, *recalibrated)) in enumerate(curves.items()):
+        style = dict(color=ARMS[arm].color, marker=markers[index % len(markers)],
+                     lw=3.0 if index == 0 else 1.3, ms=8 if index == 0 else 5,
+                     alpha=0.6 if index == 0 else 1.0, zorder=2 + index)
+        ax.plot(steps, 100 * accuracy, ls="-", **style,
                 label=f"{ARMS[arm].label}, moving averages ({100 * accuracy[-1]:.1f}%)")
         if recalibrated:
-            ax.plot(steps, 100 * recalibrated[0], marker="s", ls="--", color=ARMS[arm].color,
+            ax.plot(steps, 100 * recalibrated[0], ls="--", mfc="white", **style,
                     label=f"{ARMS[arm].label}, recalibrated ({100 * recalibrated[0][-1]:.1f}%)")
-    ax.set(xlabel="training step", ylabel="test accuracy (%)")
+    if warmup_steps:
+        ax.axvline(warmup_steps, color="gray", ls=":", lw=1, label="end of renorm's warm-up")
+    ax.set(xlabel="training step", ylabel="test accuracy (%)",
+           title="one seed, no interval; solid: moving averages, dashed: recalibrated")
+    ax.title.set_fontsize(9)
     ax.grid(alpha=0.3)
-    ax.legend()
+    ax.legend(fontsize=8)
     fig.tight_layout()
     return fig
 
 
-def experiment_form(dataset, steps=150):
-    """Microbatch size, rmax, dmax and steps, with a Run button that trains both arms and plots them.
+def experiment_form(dataset, steps=1200, warmup_steps=300, microbatch_size=2, rmax=3.0,
+                    dmax=5.0, minibatch_size=64):
+    """Microbatch size, rmax, dmax, warm-up and steps, with a Run button that trains both arms.
 
-    The returned box has `.run_button`, so a notebook can also press it from code.
+    The Run button calls `experiment.compare` with the form's values: the
+    renorm arm is batch norm during the warm-up, its bounds open by half the
+    run, and the learning rate is annealed to 1 % by three quarters of it.
+    The arguments are the form's first values; `minibatch_size` has no
+    control. The returned box has `.run_button`, so a notebook can also
+    press it from code.
     """
     import ipywidgets as widgets
     import matplotlib.pyplot as plt
     from IPython.display import display
 
-    from brlib.experiment import compare
+    from brlib import experiment
 
-    microbatch = widgets.Dropdown(options=[2, 4, 8, 16, 32], value=2, description="microbatch")
-    rmax = _slider("rmax", 3.0, 1.0, 5.0, 0.1)
-    dmax = _slider("dmax", 5.0, 0.0, 8.0, 0.1)
-    step_count = widgets.IntSlider(value=steps, min=50, max=400, step=50, description="steps")
+    longest = max(2400, steps, warmup_steps)
+    microbatch = widgets.Dropdown(options=sorted({2, 4, 8, 16, 32, microbatch_size}),
+                                  value=microbatch_size, description="microbatch")
+    rmax_slider = _slider("rmax", rmax, 1.0, 5.0, 0.1)
+    dmax_slider = _slider("dmax", dmax, 0.0, 8.0, 0.1)
+    warmup = widgets.IntSlider(value=warmup_steps, min=0, max=longest, step=50,
+                               description="warm-up", continuous_update=False)
+    step_count = widgets.IntSlider(value=steps, min=min(100, steps), max=longest, step=100,
+                                   description="steps", continuous_update=False)
     button = widgets.Button(description="Run", button_style="primary")
     output = widgets.Output()
 
     def run(_button=None):
         with output:
             output.clear_output(wait=True)
-            print(f"training batch norm and batch renorm for {step_count.value} steps …")
-            curves = compare(dataset, microbatch.value, rmax.value, dmax.value, step_count.value)
+            print(f"training batch norm and batch renorm for {step_count.value} steps each, "
+                  f"on minibatches of {minibatch_size} …")
+            curves = experiment.compare(dataset, microbatch_size=microbatch.value,
+                                        rmax=rmax_slider.value, dmax=dmax_slider.value,
+                                        steps=step_count.value, warmup_steps=warmup.value,
+                                        minibatch_size=minibatch_size)
             output.clear_output(wait=True)
-            fig = comparison_figure(curves)
+            fig = comparison_figure(curves, warmup_steps=warmup.value)
             display(fig)
             plt.close(fig)
 
     button.on_click(run)
-    box = widgets.VBox([widgets.HBox([microbatch, rmax, dmax]), widgets.HBox([step_count, button]),
-                        output])
+    box = widgets.VBox([widgets.HBox([microbatch, rmax_slider, dmax_slider]),
+                        widgets.HBox([warmup, step_count, button]), output])
     box.run_button = button
     return box

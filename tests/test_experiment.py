@@ -673,3 +673,30 @@ def test_ctrl_c_stops_every_run_and_the_same_command_resumes_them(tmp_path):
         assert without_wall_seconds(run / f"{arm}_seed0.csv") == without_wall_seconds(whole), arm
     assert sorted(p.name for p in run.iterdir()) == sorted(
         [f"{arm}_seed0.csv" for arm in arms] + ["settings.json"])
+
+
+def test_compare_warms_up_ramps_and_anneals_as_the_presets_do(monkeypatch):
+    presets = []
+
+    class Recording(experiment.Run):
+        def __init__(self, preset, arm, *args, **kwargs):
+            presets.append(preset)
+            super().__init__(preset, arm, *args, **kwargs)
+
+    monkeypatch.setattr(experiment, "Run", Recording)
+    small = dict(minibatch_size=32, evaluations=3, widths=(4, 4, 4), recalibration_batches=2)
+    curves = experiment.compare(tiny_data(), steps=12, warmup_steps=3, **small)
+    preset = presets[-1]
+    np.testing.assert_array_equal(curves["batchrenorm"][0], [4, 8, 12])
+    schedule = preset.schedule()  # batch norm for the warm-up, bounds open at half the run
+    assert schedule(3) == (1.0, 0.0) and schedule(6) == (3.0, 5.0)
+    assert (preset.lr_decay_start, preset.lr_decay_end, preset.lr_floor) == (6, 9, 0.01)
+    assert preset.alpha == 0.01 and preset.recalibration_batches == 2
+    experiment.compare(tiny_data(), steps=12, **small)  # default warm-up: a quarter of the run
+    assert presets[-1].warmup_steps == 3
+    # A warm-up past half the run opens the bounds at its end; no anneal: a constant rate.
+    experiment.compare(tiny_data(), steps=12, warmup_steps=9, anneal=False, **small)
+    assert presets[-1].schedule()(9) == (3.0, 5.0) and presets[-1].schedule()(8) == (1.0, 0.0)
+    assert presets[-1].learning_rate_schedule() == 1e-3
+    with pytest.raises(ValueError, match="warmup_steps"):
+        experiment.compare(tiny_data(), steps=12, warmup_steps=-1, **small)

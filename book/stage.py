@@ -1,0 +1,149 @@
+"""Lays out the book's sources in a scratch folder: python book/stage.py STAGE_DIR.
+
+book/build.sh runs this, then sphinx-build on STAGE_DIR. The folder mirrors the
+repository (README.md and the other top-level pages that index.md lists,
+docs/, notebooks/, figures/), so that every relative link and image path written for
+GitHub works unchanged in the book; links to other files of the repository are
+turned into links to GitHub by conf.py. Nothing in the repository is changed.
+
+In the notebooks' copies one thing changes: a code cell hidden in Jupyter
+(metadata jupyter.source_hidden, as the exercise solutions' code is) gets
+myst-nb's `hide-input` tag, so that the book shows it inside a closed
+<details> too (and jupyter.outputs_hidden gets `hide-output`). Outputs, widget
+state and Markdown stay as committed.
+
+_static/ gets book/_static/ and the vendored JavaScript (book/vendor.sh):
+MathJax's tex-chtml component with the files it loads on demand, and
+ipywidgets' HTML manager. Without them the staging stops and says how to
+fetch them.
+"""
+
+import fnmatch
+import json
+import re
+import shutil
+import sys
+from pathlib import Path
+
+BOOK = Path(__file__).resolve().parent
+ROOT = BOOK.parent
+VENDOR = BOOK / "_vendor"
+BRANCH = "main"  # the branch that the book's links to repository files point at
+
+# MathJax: the one component the pages load, and the folders it reads from at run
+# time (TeX extensions that autoload, CHTML fonts, the menu, accessibility, speech).
+MATHJAX_FILES = ["tex-chtml.js", "input/tex/extensions", "output/chtml/fonts/woff-v2",
+                 "ui", "a11y", "sre", "adaptors"]
+
+
+def repository_url():
+    """The Repository URL of pyproject.toml, the project's one place for it."""
+    text = (ROOT / "pyproject.toml").read_text(encoding="utf-8")
+    match = re.search(r'^Repository\s*=\s*"([^"]+)"', text, re.MULTILINE)
+    if not match:
+        sys.exit("pyproject.toml has no [project.urls] Repository")
+    return match.group(1).rstrip("/")
+
+
+def copy_vendor(static):
+    mathjax = VENDOR / "mathjax" / "es5"
+    widgets = VENDOR / "html-manager" / "dist"
+    missing = [str(path) for path in (mathjax / "tex-chtml.js", widgets / "embed.js")
+               if not path.is_file()]
+    if missing:
+        sys.exit(f"missing {', '.join(missing)}: run `bash book/vendor.sh` once (it fetches "
+                 "MathJax and ipywidgets' HTML manager from npm); the build itself is offline")
+    shutil.copytree(VENDOR / "mathjax", static / "mathjax",  # its LICENSE and package.json
+                    ignore=lambda folder, names: [n for n in names if n not in
+                                                  ("LICENSE", "package.json")])
+    for name in MATHJAX_FILES:
+        source, target = mathjax / name, static / "mathjax" / name
+        if source.is_dir():
+            shutil.copytree(source, target)
+        elif source.is_file():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, target)
+    # embed.js holds the base widgets and needs no module loader; its fonts and the
+    # licenses of what it bundles sit beside it.
+    shutil.copytree(widgets, static / "widgets", ignore=shutil.ignore_patterns("*.map", "*amd.js"))
+    shutil.copy2(VENDOR / "html-manager" / "package.json", static / "widgets" / "package.json")
+
+
+def stage_notebook(source, target):
+    notebook = json.loads(source.read_text(encoding="utf-8"))
+    for cell in notebook.get("cells", []):
+        if cell.get("cell_type") != "code":
+            continue
+        hidden = cell.get("metadata", {}).get("jupyter", {})
+        tags = cell.setdefault("metadata", {}).setdefault("tags", [])
+        for flag, tag in (("source_hidden", "hide-input"), ("outputs_hidden", "hide-output")):
+            if hidden.get(flag) and tag not in tags:
+                tags.append(tag)
+    target.write_text(json.dumps(notebook, ensure_ascii=False, indent=1), encoding="utf-8")
+
+
+def toctree_entries(index):
+    entries, in_toctree = [], False
+    for line in index.read_text(encoding="utf-8").splitlines():
+        stripped = line.strip()
+        if stripped.startswith("```{toctree}"):
+            in_toctree = True
+        elif stripped.startswith("```"):
+            in_toctree = False
+        elif in_toctree and stripped and not stripped.startswith(":"):
+            entries.append(stripped)
+    return entries
+
+
+def stage_index(source, target, docnames):
+    """book/index.md without the toctree entries that match no page (an optional page)."""
+    lines, in_toctree = [], False
+    for line in source.read_text(encoding="utf-8").splitlines():
+        stripped = line.strip()
+        if stripped.startswith("```{toctree}"):
+            in_toctree = True
+        elif stripped.startswith("```"):
+            in_toctree = False
+        elif (in_toctree and stripped and not stripped.startswith(":")
+              and not fnmatch.filter(docnames, stripped)):
+            continue
+        lines.append(line)
+    target.write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+def main(stage):
+    stage = Path(stage).resolve()
+    stage.mkdir(parents=True, exist_ok=True)
+    if any(stage.iterdir()):
+        sys.exit(f"{stage} is not empty")
+    docnames = []
+    # The top-level pages that index.md names (README, CONTRIBUTING, ...); links to other
+    # top-level files go to GitHub.
+    entries = toctree_entries(BOOK / "index.md")
+    for page in sorted(ROOT.glob("*.md")):
+        if any(fnmatch.fnmatch(page.stem, entry) for entry in entries):
+            shutil.copy2(page, stage / page.name)
+            docnames.append(page.stem)
+    if (ROOT / "docs").is_dir():
+        shutil.copytree(ROOT / "docs", stage / "docs",
+                        ignore=shutil.ignore_patterns(".*", "_build"))
+        docnames += [f"docs/{page.stem}" for page in (stage / "docs").glob("*.md")]
+    if (ROOT / "figures").is_dir():
+        shutil.copytree(ROOT / "figures", stage / "figures")
+    (stage / "notebooks").mkdir()
+    for notebook in sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb")):
+        stage_notebook(notebook, stage / "notebooks" / notebook.name)
+        docnames.append(f"notebooks/{notebook.stem}")
+    shutil.copy2(BOOK / "conf.py", stage / "conf.py")
+    stage_index(BOOK / "index.md", stage / "index.md", docnames)
+    shutil.copytree(BOOK / "_static", stage / "_static")  # the book's own static files
+    copy_vendor(stage / "_static")
+    settings = {"repository_root": str(ROOT), "repository_url": repository_url(),
+                "branch": BRANCH}
+    (stage / "_book.json").write_text(json.dumps(settings, indent=1), encoding="utf-8")
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 2:
+        sys.exit(__doc__)
+    main(sys.argv[1])

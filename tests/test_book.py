@@ -1,0 +1,302 @@
+"""The book (book/): every page served locally and opened in headless Chromium.
+
+Builds the book with book/build.sh into a temporary folder (or takes the built
+site in BRLIB_BOOK_DIR), serves it with `python -m http.server` on 127.0.0.1,
+and opens every HTML page through Playwright. Each page must load without
+console errors, draw every image, render every formula with MathJax, draw its
+saved widgets, keep its <details> closed, and link only to pages and files that
+the server has (anchors included). Every request to another host is blocked
+and recorded: the Colab badges are the only ones allowed, so a page that needs
+the network fails. Skipped when the book's packages (book/requirements.txt),
+its vendored JavaScript (book/vendor.sh), Playwright or Chromium is missing,
+unless BRLIB_REQUIRE_BOOK=1, which turns the skip into a failure.
+"""
+
+import importlib.util
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from html.parser import HTMLParser
+from pathlib import Path
+from urllib.parse import unquote, urldefrag, urljoin, urlparse
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+# Debian's Chromium with the flags of tests/test_browser.py.
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update",
+                  "--disable-sync"]
+# What a page may fetch from elsewhere: the Colab badge (it links out of the book anyway).
+ALLOWED_EXTERNAL = re.compile(r"^https://colab\.research\.google\.com/assets/colab-badge\.svg$")
+WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
+
+
+def require(condition, reason):
+    if condition:
+        return
+    if os.environ.get("BRLIB_REQUIRE_BOOK") == "1":
+        pytest.fail(f"book test required but {reason}")
+    pytest.skip(reason)
+
+
+def free_port():
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def book_dir(tmp_path_factory):
+    if os.environ.get("BRLIB_BOOK_DIR"):
+        site = Path(os.environ["BRLIB_BOOK_DIR"])
+        assert (site / "index.html").is_file(), f"BRLIB_BOOK_DIR={site} holds no built book"
+        return site
+    for module in ("sphinx", "myst_nb", "furo"):
+        require(importlib.util.find_spec(module) is not None,
+                f"{module} is not installed (pip install -r book/requirements.txt)")
+    require((ROOT / "book" / "_vendor" / "mathjax" / "es5" / "tex-chtml.js").is_file(),
+            "the book's JavaScript is not fetched (bash book/vendor.sh)")
+    site = tmp_path_factory.mktemp("book") / "html"
+    started = time.time()
+    build = subprocess.run(["bash", str(ROOT / "book" / "build.sh"), str(site)],
+                           env=dict(os.environ, PYTHON=sys.executable),
+                           capture_output=True, text=True, timeout=900)
+    assert build.returncode == 0, f"book/build.sh failed:\n{(build.stdout + build.stderr)[-5000:]}"
+    print(f"book built in {time.time() - started:.0f} s")
+    return site
+
+
+@pytest.fixture(scope="module")
+def site_url(book_dir):
+    port = free_port()
+    server = subprocess.Popen([sys.executable, "-m", "http.server", str(port), "--bind",
+                               "127.0.0.1", "--directory", str(book_dir)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    base = f"http://127.0.0.1:{port}/"
+    deadline = time.time() + 30
+    while True:
+        try:
+            urllib.request.urlopen(base, timeout=2)
+            break
+        except OSError:
+            if time.time() > deadline or server.poll() is not None:
+                server.kill()
+                pytest.fail("python -m http.server did not start")
+            time.sleep(0.2)
+    yield base
+    server.terminate()
+    server.wait(timeout=30)
+
+
+def pages(book_dir):
+    return sorted(path.relative_to(book_dir).as_posix() for path in book_dir.rglob("*.html")
+                  if not path.relative_to(book_dir).parts[0].startswith("_"))
+
+
+# Runs in the page once it has loaded: waits for MathJax and the widgets, then reports.
+INSPECT = """async () => {
+  if (window.MathJax && MathJax.startup && MathJax.startup.promise) {
+    await MathJax.startup.promise;
+  }
+  const views = document.querySelectorAll('script[type="%s"]').length;
+  for (let i = 0; i < 100 && document.querySelectorAll('.jupyter-widgets').length < views; i++) {
+    await new Promise(resolve => setTimeout(resolve, 100));
+  }
+  const images = [];
+  for (const img of document.images) {
+    img.loading = 'eager';
+    try { await img.decode(); } catch (error) { /* reported through naturalWidth */ }
+    images.push({src: img.currentSrc || img.src, width: img.naturalWidth});
+  }
+  const math = [...document.querySelectorAll('.math')];
+  // TeX that MathJax could not read: an error node, or an undefined macro, which
+  // MathJax's noundefined extension draws as red text.
+  const mathErrors = () => {
+    const found = [];
+    const items = window.MathJax && MathJax.startup && MathJax.startup.document
+      ? Array.from(MathJax.startup.document.math) : [];
+    for (const item of items) {
+      item.root.walkTree(node => {
+        if (node.isKind('merror') ||
+            (node.isKind('mtext') && node.attributes.get('mathcolor') === 'red')) {
+          found.push(item.math.slice(0, 80));
+        }
+      });
+    }
+    return found;
+  };
+  // Text that still reads like $…$ math outside code and formulas: a formula not parsed.
+  const walker = document.createTreeWalker(document.querySelector('article') || document.body,
+                                           NodeFilter.SHOW_TEXT);
+  const rawMath = [];
+  for (let node = walker.nextNode(); node; node = walker.nextNode()) {
+    if (node.parentElement.closest('pre, code, script, style, mjx-container, .math')) continue;
+    const found = node.textContent.match(/\$[^$\s][^$]*\$/);
+    if (found) rawMath.push(found[0].slice(0, 80));
+  }
+  return {
+    rawMath,
+    images,
+    math: math.length,
+    mathUnrendered: math.filter(el => !el.querySelector('mjx-container'))
+                        .map(el => el.textContent.slice(0, 80)),
+    mathErrors: mathErrors(),
+    widgetViews: views,
+    widgetsDrawn: document.querySelectorAll('.jupyter-widgets').length,
+    details: [...document.querySelectorAll('details')].map(el => ({
+        open: el.open, summary: (el.querySelector('summary') || el).textContent.trim().slice(0, 60)})),
+    links: [...document.querySelectorAll('a[href]')].map(a => a.href),
+    ids: [...document.querySelectorAll('[id], a[name]')].map(el => el.id || el.name),
+  };
+}""" % WIDGET_VIEW
+
+
+@pytest.fixture(scope="module")
+def visits(book_dir, site_url):
+    """Opens every page once; returns {page: what INSPECT saw, plus errors and external requests}."""
+    require(importlib.util.find_spec("playwright") is not None, "playwright is not installed")
+    require(Path(CHROMIUM).exists(), "Debian's chromium is not installed")
+    from playwright.sync_api import sync_playwright
+
+    host = urlparse(site_url).netloc
+    seen = {}
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
+        context = browser.new_context(viewport={"width": 1280, "height": 900})
+        external = []
+        context.route(lambda url: urlparse(url).netloc != host,
+                      lambda route: (external.append(route.request.url), route.abort()))
+        for name in pages(book_dir):
+            page = context.new_page()
+            errors = []
+            page.on("console", lambda message, errors=errors: errors.append(
+                (message.text, message.location.get("url", "")))
+                if message.type == "error" else None)
+            page.on("pageerror", lambda error, errors=errors: errors.append((str(error), "")))
+            external.clear()
+            response = page.goto(site_url + name, wait_until="load")
+            record = page.evaluate(INSPECT)
+            page.wait_for_timeout(200)  # late console messages
+            record["status"] = response.status
+            record["external"] = list(external)
+            record["errors"] = [(text, url) for text, url in errors
+                                if not ALLOWED_EXTERNAL.match(url)]
+            seen[name] = record
+            page.close()
+        browser.close()
+    return seen
+
+
+def test_book_has_every_notebook_and_doc(book_dir):
+    built = set(pages(book_dir))
+    for notebook in sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb")):
+        assert f"notebooks/{notebook.stem}.html" in built
+    for doc in sorted((ROOT / "docs").glob("*.md")):
+        assert f"docs/{doc.stem}.html" in built
+    assert {"index.html", "README.html"} <= built
+
+
+def test_pages_load_without_console_errors(visits):
+    assert {name: v["status"] for name, v in visits.items() if v["status"] != 200} == {}
+    assert {name: v["errors"] for name, v in visits.items() if v["errors"]} == {}
+
+
+def test_no_request_leaves_the_site(visits):
+    leaks = {name: [url for url in v["external"] if not ALLOWED_EXTERNAL.match(url)]
+             for name, v in visits.items()}
+    assert {name: urls for name, urls in leaks.items() if urls} == {}
+
+
+class _Sources(HTMLParser):
+    """The URLs that a page loads by itself: scripts, stylesheets, images, frames."""
+
+    def __init__(self):
+        super().__init__()
+        self.urls = []
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        if tag in ("script", "img", "iframe", "source", "video", "audio") and attrs.get("src"):
+            self.urls.append(attrs["src"])
+        if tag == "link" and attrs.get("href") and "stylesheet" in (attrs.get("rel") or ""):
+            self.urls.append(attrs["href"])
+
+
+def test_pages_name_no_other_site_to_load_from(book_dir):
+    """The static twin of test_no_request_leaves_the_site, over the HTML files themselves."""
+    found = {}
+    for name in pages(book_dir):
+        parser = _Sources()
+        parser.feed((book_dir / name).read_text(encoding="utf-8"))
+        remote = [url for url in parser.urls
+                  if re.match(r"^(https?:)?//", url) and not ALLOWED_EXTERNAL.match(url)]
+        if remote:
+            found[name] = remote
+    assert found == {}
+
+
+def test_images_are_drawn(visits):
+    broken = {name: [image["src"] for image in v["images"]
+                     if image["width"] == 0 and not ALLOWED_EXTERNAL.match(image["src"])]
+              for name, v in visits.items()}
+    assert {name: srcs for name, srcs in broken.items() if srcs} == {}
+    notebook_images = sum(len(v["images"]) for name, v in visits.items()
+                          if name.startswith("notebooks/"))
+    assert notebook_images > 0  # the notebooks' committed figures are in the book
+
+
+def test_math_is_rendered(visits):
+    assert {name: v["mathUnrendered"] for name, v in visits.items() if v["mathUnrendered"]} == {}
+    assert {name: v["mathErrors"] for name, v in visits.items() if v["mathErrors"]} == {}
+    assert {name: v["rawMath"] for name, v in visits.items() if v["rawMath"]} == {}
+    assert sum(v["math"] for v in visits.values()) > 0
+
+
+def test_saved_widgets_are_drawn(visits):
+    """Every widget output of a notebook is drawn from its saved state, without a kernel."""
+    assert {name: (v["widgetsDrawn"], v["widgetViews"]) for name, v in visits.items()
+            if v["widgetsDrawn"] < v["widgetViews"]} == {}
+
+
+def test_details_are_closed(visits):
+    opened = {name: [d["summary"] for d in v["details"] if d["open"]]
+              for name, v in visits.items()}
+    assert {name: summaries for name, summaries in opened.items() if summaries} == {}
+    # Collapsed solutions are in the notebooks' pages.
+    assert any(d["summary"].startswith("Solution") for name, v in visits.items()
+               for d in v["details"] if name.startswith("notebooks/"))
+
+
+def test_internal_links_resolve(visits, site_url):
+    host = urlparse(site_url).netloc
+    targets, broken = {}, {}
+    for name, v in visits.items():
+        for link in v["links"]:
+            if urlparse(link).netloc == host:
+                targets.setdefault(link, name)
+    status = {}
+    for link, name in targets.items():
+        url, fragment = urldefrag(link)
+        if url not in status:
+            try:
+                status[url] = urllib.request.urlopen(url, timeout=10).status
+            except urllib.error.HTTPError as error:
+                status[url] = error.code
+        if status[url] != 200:
+            broken.setdefault(name, []).append(f"{link} ({status[url]})")
+            continue
+        page = url[len(site_url):] or "index.html"
+        if page.endswith("/"):
+            page += "index.html"
+        if fragment and page in visits and unquote(fragment) not in visits[page]["ids"]:
+            broken.setdefault(name, []).append(f"{link} (no such anchor)")
+    assert broken == {}
+    assert any(urljoin(site_url, "notebooks/") in link for link in targets)
