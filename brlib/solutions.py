@@ -4,7 +4,7 @@ A solution is a Markdown cell that opens a `<details>` block whose summary
 starts with "Solution". GitHub, Colab and JupyterLab all render such a block
 collapsed, so its explanation, its code and what the code prints stay hidden
 until the reader opens it. The code is the block's fenced ```python parts, in
-order; what it prints is the fenced ```text part after them, if there is one.
+order; what it prints is the fenced ```text parts after them, in order, if any.
 
 A notebook's last cell calls `check`, which runs every solution's code in the
 notebook's own namespace and compares what it prints with the recorded text,
@@ -46,10 +46,8 @@ def extract(notebook):
         for name, body in _DETAILS.findall("".join(cell["source"])):
             blocks = _FENCE.findall(body)
             code = "".join(text for kind, text in blocks if kind == "python")
-            outputs = [text for kind, text in blocks if kind == "text"]
-            if len(outputs) > 1:
-                raise ValueError(f"{name} of {notebook} records {len(outputs)} outputs; one at most")
-            solutions.append(Solution(name, code, outputs[0] if outputs else None))
+            outputs = [text for kind, text in blocks if kind == "text"]  # one after each part
+            solutions.append(Solution(name, code, "".join(outputs) if outputs else None))
     return solutions
 
 

@@ -114,8 +114,9 @@ def test_a_missing_notebook_file_is_skipped_with_a_message(tmp_path, capsys):
     assert "not on this machine" in capsys.readouterr().out
 
 
-def test_two_recorded_outputs_are_refused(tmp_path):
-    path = write_notebook(tmp_path / "n.ipynb", EXERCISE.replace(
-        "</details>", "```text\nagain\n```\n\n</details>"))
-    with pytest.raises(ValueError, match="records 2 outputs"):
-        solutions.extract(path)
+def test_a_solution_in_two_parts_records_both_outputs_in_order(tmp_path):
+    two_parts = EXERCISE.replace("</details>", "```python\nprint('again')\n```\n\n```text\nagain\n```\n\n</details>")
+    path = write_notebook(tmp_path / "n.ipynb", two_parts)
+    (found,) = solutions.extract(path)
+    assert found.output == "total 5\nagain\n" and found.code.endswith("print('again')\n")
+    assert solutions.check(path, {"a": 2, "b": 3}) == ["Solution 1"]
