@@ -185,7 +185,7 @@ def exercise_form(page):
     wait_until(page, lambda: button.count() > 0, seconds=300)
     form = page.locator(".widget-vbox").filter(has=button).first
     image = form.locator(".widget-output img").first
-    legend = page.locator(".jp-OutputArea-output", has_text="the form's default run")
+    legend = page.locator(".jp-OutputArea-output", has_text="two arms of")  # the static twin
     wait_until(page, lambda: legend.count() > 0, seconds=300)  # the cells after the form have run
     legends = []
     for microbatch in ("2", "32"):
