@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = ["--steps", "20", "--eval-every", "10", "--seeds", "1", "--arms", "batchnorm", "--jobs", "1"]
+TINY = ["--steps", "30", "--eval-every", "10", "--seeds", "1", "--arms", "batchnorm", "--jobs", "1"]
 
 
 def main_command():
