@@ -52,8 +52,7 @@ def _ablation_table(loaded, last):
         cells += [results.format_difference(diff) for diff in diffs]
         steady = [results.steady_state(loaded, arm, twin, column, last)
                   for column in ("val_accuracy", "val_accuracy_recalibrated")]
-        cells.append(", ".join(f"{s.drift:.2f} {'≤' if s.steady else '>'} {s.half_width:.2f}"
-                               for s in steady))
+        cells.append(", ".join(map(str, steady)))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) if len(lines) > 2 else ""
 

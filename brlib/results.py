@@ -327,6 +327,10 @@ class Steadiness:
         """Whether the difference moved no more than the half-width of its 95 % interval."""
         return self.drift <= self.half_width
 
+    def __str__(self):
+        """"drift ≤ half-width" (or ">"), in points, as the tables print it."""
+        return f"{self.drift:.2f} {'≤' if self.steady else '>'} {self.half_width:.2f}"
+
 
 def format_difference(diff):
     """A difference as "mean [low, high]", saying so when its interval includes zero, and
@@ -392,8 +396,7 @@ def format_table(results, last, reference="batchnorm"):
         else:
             steady = [steady_state(results, arm, reference, column, last)
                       for column in ("val_accuracy", "val_accuracy_recalibrated")]
-            cells.append(", ".join(f"{x.drift:.2f} {'≤' if x.steady else '>'} {x.half_width:.2f}"
-                                   for x in steady))
+            cells.append(", ".join(map(str, steady)))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
