@@ -108,8 +108,15 @@ class Preset:
     threads: int = DEFAULT_THREADS
     curve_test_examples: int = 2000
 
-    def schedule(self, ramp=True):
-        """The rmax/dmax schedule; without `ramp`, the final values from step 0."""
+    def schedule(self, ramp=True, clipped=True):
+        """The rmax/dmax schedule; without `ramp`, the final values from step 0.
+
+        Without `clipped`, batch norm during the warm-up, then rmax = dmax = ∞.
+        """
+        if not clipped:
+            inf = float("inf")
+            return RenormSchedule(self.warmup_steps, inf, self.warmup_steps, inf,
+                                  self.warmup_steps)
         if not ramp:
             return RenormSchedule(0, self.rmax_final, 0, self.dmax_final, 0)
         return RenormSchedule(self.warmup_steps, self.rmax_final, self.rmax_steps,
@@ -236,8 +243,22 @@ NONIID_QUICK = dataclasses.replace(QUICK, name="noniid_quick", minibatch_size=3 
 NONIID = dataclasses.replace(NONIID_QUICK, name="noniid", steps=20 * TAU, rmax_steps=10 * TAU,
                              dmax_steps=6 * TAU, lr_decay_start=6 * TAU, lr_decay_end=12 * TAU,
                              seeds=10, final_evaluations=5)
+# Figure 3 with many classes: 300 Chinese characters in 25 typefaces (`brlib.glyphs`).
+# The quick preset is the noniid_quick protocol on those images; the full one doubles
+# the widths, which 300 classes need, and has 10 seeds. The class sweep repeats the
+# full preset at other numbers of classes, 3 seeds each: the 300-class point is the
+# full preset. `glyphs_long` is the full preset at noniid's length (2000 steps).
+GLYPHS_QUICK = dataclasses.replace(NONIID_QUICK, name="glyphs_quick", dataset="glyphs300")
+GLYPHS = dataclasses.replace(GLYPHS_QUICK, name="glyphs", widths=(16, 32, 64), seeds=10)
+SWEEP_CLASSES = (10, 30, 100, 300, 1000)
+GLYPHS_SWEEP = tuple(dataclasses.replace(GLYPHS, name=f"glyphs_classes{n}",
+                                         dataset=f"glyphs{n}", seeds=3)
+                     for n in SWEEP_CLASSES if n != 300)
+GLYPHS_LONG = dataclasses.replace(NONIID, name="glyphs_long", dataset="glyphs300",
+                                  widths=(16, 32, 64), seeds=5)
 PRESETS = {preset.name: preset for preset in (SEED, PAPER, SEED_FMNIST, QUICK, CPU,
-                                              NONIID_QUICK, NONIID)}
+                                              NONIID_QUICK, NONIID, GLYPHS_QUICK, GLYPHS,
+                                              *GLYPHS_SWEEP, GLYPHS_LONG)}
 
 
 def get_preset(name, **overrides):
@@ -279,8 +300,17 @@ def normalization_for(arm, preset, channels=None):
 
 def build_model(arm, preset, input_shape, classes):
     channels = dict(zip(("norm1", "norm2", "norm3", "norm4"), (*preset.widths, classes)))
-    return seed_convnet(input_shape, classes, normalization_for(arm, preset, channels),
-                        dropout=preset.dropout, widths=preset.widths)
+    normalization = normalization_for(arm, preset, channels)
+    if not ARMS[arm].logit_norm:  # the class scores are left as the last convolution gives them
+        normalization = _without_norm4(normalization)
+    return seed_convnet(input_shape, classes, normalization, dropout=preset.dropout,
+                        widths=preset.widths)
+
+
+def _without_norm4(normalization):
+    """`normalization`, except that the layer named norm4 is the identity."""
+    return lambda name=None: (keras.layers.Identity(name=name) if name == "norm4"
+                              else normalization(name=name))
 
 
 def sampling_for(arm, preset):
@@ -318,7 +348,8 @@ class Run:
         self._by_class = indices_by_class(self.y_train) if self.pairs else None
         self.loss_fn = keras.losses.SparseCategoricalCrossentropy(
             from_logits=True, reduction="sum")
-        self.schedule = preset.schedule(ARMS[arm].ramp) if ARMS[arm].renorm else None
+        self.schedule = (preset.schedule(ARMS[arm].ramp, ARMS[arm].clipped)
+                         if ARMS[arm].renorm else None)
         self.calibration_batches = self._calibration_batches()
         self._epoch, self._bounds = (None, None), None
         self._train = tf.function(self._distributed_step)

@@ -52,6 +52,11 @@ class Arm:
         layer: "renorm" for brlib's layer (batch norm or renorm), or
             "groupnorm" for Keras's GroupNormalization, which does not look
             at other examples at all.
+        clipped: Whether renorm's r and d are clipped to the schedule's
+            bounds; False opens them to infinity when the warm-up ends, so
+            that the training output equals the inference output.
+        logit_norm: Whether the last normalization layer (`norm4`, over the
+            class scores) is kept; False replaces it with the identity.
     """
 
     name: str
@@ -63,6 +68,8 @@ class Arm:
     ramp: bool = True
     sampling: str | None = None
     layer: str = "renorm"
+    clipped: bool = True
+    logit_norm: bool = True
 
 
 STUDENT_ALPHA = 0.99  # the student code's moving-average rate, instead of the paper's 0.01
@@ -81,6 +88,18 @@ ARMS = {arm.name: arm for arm in (
     Arm("batchnorm_halves", "Batchnorm, two halves of 16", "tab:purple", group=16),
     Arm("batchnorm_iid", "Batchnorm, i.i.d. groups", "tab:gray", sampling="iid"),
     Arm("groupnorm", "GroupNorm", "tab:green", layer="groupnorm"),
+    # Many classes (the glyph presets): renorm's own paired − i.i.d. gap, and ablations
+    # of renorm's failure to repair pairing there: no clipping at all, and no
+    # normalization of the class scores.
+    Arm("batchrenorm_iid", "Batch Renorm, i.i.d. groups", "tab:brown", renorm=True,
+        sampling="iid"),
+    Arm("batchrenorm_unclipped", "Batch Renorm, rmax = dmax = ∞", "tab:olive", renorm=True,
+        clipped=False),
+    Arm("batchnorm_rawlogits", "Batchnorm, no norm4", "tab:blue", logit_norm=False),
+    Arm("batchnorm_iid_rawlogits", "Batchnorm, i.i.d. groups, no norm4", "tab:gray",
+        sampling="iid", logit_norm=False),
+    Arm("batchrenorm_rawlogits", "Batch Renorm, no norm4", "tab:red", renorm=True,
+        logit_norm=False),
 )}
 DEFAULT_ARMS = ("batchnorm", "batchrenorm", "baseline")
 ABLATIONS = ("batchnorm_seedbug", "batchrenorm_seedbug", "batchrenorm_noramp")

@@ -14,7 +14,10 @@ def _ramp(step, start, end, final):
         progress = np.clip((step - start) / (end - start), 0.0, 1.0)
     else:
         progress = (step >= end).astype(np.float64)
-    return progress * final
+    # Where progress is 0 the bound has not moved, even when `final` is infinite
+    # (0 × ∞ would be NaN).
+    with np.errstate(invalid="ignore"):
+        return np.where(progress > 0, progress * final, 0.0)
 
 
 class RenormSchedule(keras.callbacks.Callback):

@@ -37,12 +37,14 @@ def test_presets_follow_the_protocols():
 
 
 @pytest.mark.parametrize("name, min_seeds, microbatch", [
-    ("quick", 5, 2), ("cpu", 10, 2), ("noniid_quick", 5, 32), ("noniid", 10, 32)])
+    ("quick", 5, 2), ("cpu", 10, 2), ("noniid_quick", 5, 32), ("noniid", 10, 32),
+    ("glyphs_quick", 5, 32), ("glyphs", 10, 32), ("glyphs_classes10", 3, 32),
+    ("glyphs_classes1000", 3, 32), ("glyphs_long", 5, 32)])
 def test_cpu_presets_are_built_to_reach_a_steady_state(name, min_seeds, microbatch):
     preset = experiment.get_preset(name)
     tau = round(1 / preset.alpha)  # the moving averages' time constant, in steps
     assert preset.microbatch_size == microbatch and preset.minibatch_size % 32 == 0
-    assert preset.sampling == ("pairs" if name.startswith("noniid") else "iid")
+    assert preset.sampling == ("iid" if name in ("quick", "cpu") else "pairs")
     assert preset.seeds >= min_seeds
     assert preset.warmup_steps >= 3 * tau  # the averages hold e^-3 of their start or less
     # The learning rate is down to its floor for the last quarter, at least 3 time constants.
@@ -174,12 +176,18 @@ def test_every_arm_builds_its_normalization(arm):
         kinds = {type(layer).__name__ for layer in run.model.layers}
         assert not run.layers and "GroupNormalization" in kinds
     else:
-        assert len(run.layers) == 4
+        # Without norm4 the class scores pass through an identity layer.
+        assert len(run.layers) == (4 if spec.logit_norm else 3)
+        assert type(run.model.get_layer("norm4")).__name__ == (
+            "BatchRenormalization" if spec.logit_norm else "Identity")
     for layer in run.layers:
         assert layer.momentum == pytest.approx(1 - alpha)
         assert layer.microbatch_size == group
     if not spec.renorm:
         assert run.schedule is None
+    elif not spec.clipped:  # batch norm for the warm-up, then no bounds at all
+        assert run.schedule(preset.warmup_steps - 1) == (1.0, 0.0)
+        assert run.schedule(preset.warmup_steps) == (np.inf, np.inf)
     elif spec.ramp:
         assert run.schedule(0) == (1.0, 0.0)
         assert run.schedule(preset.steps) == (preset.rmax_final, preset.dmax_final)

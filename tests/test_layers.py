@@ -351,9 +351,10 @@ def test_rmax_1_dmax_0_is_batch_norm(microbatch_size):
         assert_close(y, keras_bn(x, training=True), rtol=1e-4, atol=1e-4)
 
 
-def test_unclipped_training_output_equals_inference_with_pre_update_statistics():
+@pytest.mark.parametrize("bound", [1e6, np.inf])
+def test_unclipped_training_output_equals_inference_with_pre_update_statistics(bound):
     shape = SHAPES["conv"]
-    layer, _, _ = make_layer(shape, rmax=1e6, dmax=1e6, microbatch_size=4)
+    layer, _, _ = make_layer(shape, rmax=bound, dmax=bound, microbatch_size=4)
     layer.moving_mean.assign([0.5, -1.0, 2.0])
     layer.moving_stddev.assign([0.3, 2.0, 5.0])
     before = [keras.ops.convert_to_numpy(w) for w in (layer.moving_mean, layer.moving_stddev)]

@@ -40,6 +40,17 @@ def test_ramp_ending_at_warmup_jumps():
     assert [schedule(s) for s in (3, 4, 5)] == [(1.0, 0.0), (2.0, 1.0), (2.0, 1.0)]
 
 
+def test_infinite_bounds_stay_one_and_zero_until_the_warmup_ends():
+    # 0 × ∞ is NaN: the ramp must not multiply before the bounds move.
+    schedule = br.RenormSchedule(warmup_steps=4, rmax_final=np.inf, rmax_steps=4,
+                                 dmax_final=np.inf, dmax_steps=4)
+    assert [schedule(s) for s in (0, 3, 4, 9)] == [(1.0, 0.0), (1.0, 0.0), (np.inf, np.inf),
+                                                  (np.inf, np.inf)]
+    rmax, dmax = schedule(np.arange(6))
+    np.testing.assert_array_equal(rmax, [1, 1, 1, 1, np.inf, np.inf])
+    np.testing.assert_array_equal(dmax, [0, 0, 0, 0, np.inf, np.inf])
+
+
 @pytest.mark.parametrize("kwargs, name", [
     ({"warmup_steps": -1}, "warmup_steps"),
     ({"warmup_steps": 1.5}, "warmup_steps"),
