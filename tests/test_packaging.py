@@ -92,3 +92,14 @@ def test_committed_results_ship_inside_the_package():
     from brlib import results
 
     assert results.committed_results() == ROOT / "data" / "results"
+
+
+def test_the_book_extra_and_book_requirements_list_the_same_packages():
+    # The GitHub Pages workflow installs book/requirements.txt; CI installs the `book` extra.
+    extra = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"][
+        "optional-dependencies"]["book"]
+    lines = (ROOT / "book" / "requirements.txt").read_text().splitlines()
+    listed = [line.strip() for line in lines if line.strip() and not line.startswith("#")]
+    assert sorted(listed) == sorted(extra)
+    assert "batch-renorm-taught[tensorflow,book]" in tomllib.loads(
+        (ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]["test"]
