@@ -157,6 +157,46 @@ def figure3(results, title, last=1):
     return fig
 
 
+def class_sweep(sweep, others=(), title="What pairing costs, against the number of classes"):
+    """Paired differences (points, 95 % intervals) against the number of classes.
+
+    Args:
+        sweep: `brlib.results.Gap`s of one protocol at several numbers of
+            classes, drawn as filled markers joined by lines, one line per
+            kind of difference.
+        others: Gaps of other protocols (for example Fashion-MNIST's
+            `noniid` preset), drawn as open markers and labelled by preset.
+        title: The axes' title.
+    """
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7.5, 4.6))
+    names = list(dict.fromkeys(gap.name for gap in (*sweep, *others)))
+    colors = dict(zip(names, ("tab:blue", "tab:red", "tab:purple", "tab:green", "tab:orange")))
+    for index, name in enumerate(names):
+        # A small horizontal offset per kind keeps the error bars apart on the log axis.
+        shift = 1.06 ** (index - (len(names) - 1) / 2)
+        for group, filled in ((sweep, True), (others, False)):
+            mine = sorted((gap for gap in group if gap.name == name), key=lambda g: g.classes)
+            if not mine:
+                continue
+            x = np.array([gap.classes for gap in mine]) * shift
+            y = np.array([gap.difference.mean for gap in mine])
+            error = np.array([[gap.difference.mean - gap.difference.low,
+                               gap.difference.high - gap.difference.mean] for gap in mine]).T
+            label = name if filled else f"{name} ({', '.join(sorted({g.preset for g in mine}))})"
+            ax.errorbar(x, y, yerr=error, fmt="o-" if filled else "s", color=colors[name],
+                        mfc=colors[name] if filled else "white", capsize=3, label=label)
+    ax.axhline(0, color="black", lw=0.8)
+    ax.set_xscale("log")
+    ax.set(xlabel="number of classes", ylabel="difference in test accuracy (points)")
+    ax.set_title(title, loc="left", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, title="mean over seeds, bars: paired 95 % interval", title_fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
 def save_figure(fig, name, figures_dir="figures"):
     """Saves `fig` as figures/<name>.png and .svg; returns the two paths."""
     import matplotlib

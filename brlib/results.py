@@ -104,6 +104,9 @@ ARMS = {arm.name: arm for arm in (
 DEFAULT_ARMS = ("batchnorm", "batchrenorm", "baseline")
 ABLATIONS = ("batchnorm_seedbug", "batchrenorm_seedbug", "batchrenorm_noramp")
 NONIID_ARMS = ("batchnorm", "batchnorm_halves", "batchrenorm", "batchnorm_iid")
+# The many-class presets' extra arms: renorm's own i.i.d. control and the ablations.
+NONIID_ABLATIONS = ("batchrenorm_iid", "batchrenorm_unclipped", "batchnorm_rawlogits",
+                    "batchnorm_iid_rawlogits", "batchrenorm_rawlogits")
 
 
 def default_arms(sampling="iid"):
@@ -499,4 +502,74 @@ def format_mismatch_table(results, last):
             mean, (low, high) = within_arm_difference(curves, column, reference, last)
             cells.append(f"{mean:+.2f} [{low:+.2f}, {high:+.2f}]")
         lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------
+# Figure 3 against the number of classes
+# ---------------------------------------------------------------------------
+# What pairing costs, as paired − i.i.d. differences in one preset: for batch norm,
+# for batch renorm, and the paper's comparison (renorm on pairs against batch norm on
+# i.i.d. groups, which the paper found equal). Each is (name, arm, reference).
+PAIRING_GAPS = (("batch norm: pairs − i.i.d.", "batchnorm", "batchnorm_iid"),
+                ("batch renorm: pairs − i.i.d.", "batchrenorm", "batchrenorm_iid"),
+                ("batch renorm on pairs − batch norm i.i.d.", "batchrenorm", "batchnorm_iid"))
+# The same three gaps with norm4, the normalization of the class scores, removed.
+RAW_LOGIT_GAPS = (
+    ("batch norm, no norm4: pairs − i.i.d.", "batchnorm_rawlogits", "batchnorm_iid_rawlogits"),
+    ("batch renorm, no norm4, on pairs − batch norm, no norm4, i.i.d.", "batchrenorm_rawlogits",
+     "batchnorm_iid_rawlogits"),
+    ("batch renorm, no norm4 − batch renorm", "batchrenorm_rawlogits", "batchrenorm"),
+    ("batch norm, no norm4 − batch norm", "batchnorm_rawlogits", "batchnorm"))
+# Renorm with no bounds at all, against clipped renorm and against batch norm on i.i.d. groups.
+UNCLIPPED_GAPS = (("batch renorm, rmax = dmax = ∞ − batch renorm", "batchrenorm_unclipped",
+                   "batchrenorm"),
+                  ("batch renorm, rmax = dmax = ∞, on pairs − batch norm i.i.d.",
+                   "batchrenorm_unclipped", "batchnorm_iid"))
+_CLASSES = {"fashion_mnist": 10, "cifar10": 10, "cifar100": 100}
+
+
+def classes_of(dataset):
+    """The number of classes of a dataset name: glyphs<N> has N."""
+    match = re.fullmatch(r"glyphs([1-9][0-9]*)", dataset)
+    if match:
+        return int(match.group(1))
+    if dataset not in _CLASSES:
+        raise ValueError(f"`dataset` must be glyphs<N> or one of {sorted(_CLASSES)}; "
+                         f"got dataset={dataset!r}.")
+    return _CLASSES[dataset]
+
+
+@dataclasses.dataclass(frozen=True)
+class Gap:
+    """One named paired difference of a preset, with its steady-state check."""
+
+    name: str
+    preset: str
+    classes: int
+    difference: Difference
+    steadiness: Steadiness
+
+
+def gaps(results_dir, preset, named=PAIRING_GAPS, column="val_accuracy"):
+    """The named differences of `preset` whose two arms have results, as a list of Gap.
+
+    Each is paired over the seeds both arms have, from the mean of the preset's
+    last `final_evaluations` evaluations, with its steady-state check.
+    """
+    loaded = load_results(results_dir, preset)
+    settings = load_settings(results_dir, preset)
+    last, classes = settings["final_evaluations"], classes_of(settings["dataset"])
+    return [Gap(name, preset, classes, paired_difference(loaded, arm, reference, column, last),
+                steady_state(loaded, arm, reference, column, last))
+            for name, arm, reference in named if arm in loaded and reference in loaded]
+
+
+def format_gaps(found):
+    """A Markdown table of Gaps: preset, classes, seeds, the difference and its steadiness."""
+    lines = ["| difference | preset | classes | seeds | points, 95 % interval | "
+             "steady: last-quarter drift ≤ half-width |", "|---|---|---|---|---|---|"]
+    for gap in found:
+        lines.append(f"| {gap.name} | `{gap.preset}` | {gap.classes} | {gap.difference.seeds} | "
+                     f"{format_difference(gap.difference)} | {gap.steadiness} |")
     return "\n".join(lines)

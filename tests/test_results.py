@@ -150,7 +150,8 @@ def test_arms_are_checked_by_name():
         results.check_arms(["layernorm"])
     with pytest.raises(ValueError, match="arms"):
         results.check_arms([])
-    named = set(results.DEFAULT_ARMS) | set(results.ABLATIONS) | set(results.NONIID_ARMS)
+    named = (set(results.DEFAULT_ARMS) | set(results.ABLATIONS) | set(results.NONIID_ARMS)
+             | set(results.NONIID_ABLATIONS))
     assert named | {"groupnorm"} == set(results.ARMS)
     assert results.default_arms("pairs") == results.NONIID_ARMS
     assert results.default_arms("iid") == results.DEFAULT_ARMS
@@ -215,3 +216,41 @@ def test_a_difference_that_is_the_same_in_every_seed_is_said_so():
     assert results.format_difference(shifted) == "+1.50 in every seed"
     wide = results.Difference("a", "b", "val_accuracy", 3, 0.5, 1.0, -0.2, 1.2)
     assert results.format_difference(wide) == "+0.50 [-0.20, +1.20] (not distinguishable from 0)"
+
+
+def test_pairing_gaps_are_scipy_paired_intervals_with_the_number_of_classes(tmp_path):
+    rng = np.random.default_rng(0)
+    final = {arm: rng.uniform(0.4, 0.8, size=4) for arm in
+             ("batchnorm", "batchnorm_iid", "batchrenorm", "batchrenorm_iid")}
+    results.record_settings(tmp_path / "glyphs_classes30",
+                            {"dataset": "glyphs30", "final_evaluations": 2})
+    for arm, values in final.items():
+        # Four evaluations; the last two (the final window) hold the value, earlier ones differ.
+        write_runs(tmp_path, arm, [[0.1, 0.2, v, v] for v in values], preset="glyphs_classes30")
+    found = results.gaps(tmp_path, "glyphs_classes30")
+    assert [gap.name for gap in found] == [name for name, _, _ in results.PAIRING_GAPS]
+    for gap, (_, arm, reference) in zip(found, results.PAIRING_GAPS):
+        test = stats.ttest_rel(100 * final[arm], 100 * final[reference])
+        interval = test.confidence_interval(0.95)
+        assert gap.classes == 30 and gap.difference.seeds == 4
+        assert gap.difference.mean == pytest.approx(100 * (final[arm] - final[reference]).mean())
+        assert (gap.difference.low, gap.difference.high) == pytest.approx(
+            (interval.low, interval.high))
+        assert gap.steadiness.steady  # the last quarter is the final window itself
+    table = results.format_gaps(found)
+    assert table.count("`glyphs_classes30` | 30 | 4 |") == 3
+
+
+def test_gaps_leave_out_differences_whose_arms_have_no_results(tmp_path):
+    results.record_settings(tmp_path / "noniid", {"dataset": "fashion_mnist",
+                                                  "final_evaluations": 1})
+    write_runs(tmp_path, "batchnorm", [[0.5], [0.6]], preset="noniid")
+    write_runs(tmp_path, "batchnorm_iid", [[0.55], [0.62]], preset="noniid")
+    found = results.gaps(tmp_path, "noniid")
+    assert [(gap.name, gap.classes) for gap in found] == [("batch norm: pairs − i.i.d.", 10)]
+
+
+def test_the_number_of_classes_comes_from_the_dataset_name():
+    assert results.classes_of("glyphs1000") == 1000 and results.classes_of("cifar100") == 100
+    with pytest.raises(ValueError, match="`dataset` must be glyphs<N>"):
+        results.classes_of("imagenet")
