@@ -14,9 +14,9 @@ from brlib.results import (ARMS, final_values, load_results, mean_band,  # noqa:
 # Final accuracies for context (%): Ioffe (2017), Figure 2, ImageNet, Inception-v3;
 # and the student reproduction on CIFAR-100.
 # Microbatch sizes in brackets.
-REFERENCE = [("paper, batch norm, groups of 32", "78.3"), ("paper, batch norm (4)", "74.2"),
-             ("paper, batch renorm (4)", "76.5"), ("student, CIFAR-100, batch norm (2)", "17.7"),
-             ("student, CIFAR-100, batch renorm (2)", "25.7")]
+REFERENCE = [("paper: BN, groups of 32", "78.3"), ("paper: BN (4)", "74.2"),
+             ("paper: renorm (4)", "76.5"), ("student: BN (2),\nCIFAR-100", "17.7"),
+             ("student: renorm (2),\nCIFAR-100", "25.7")]
 PANELS = [("val_accuracy", "test accuracy (%), moving averages", 100),
           ("val_accuracy_recalibrated", "test accuracy (%), recalibrated", 100)]
 # Solid: the inference network on fixed training examples (what training fitted); dashed:
@@ -82,7 +82,7 @@ def _mismatch(ax, results, last):
     ax.axhline(0, color="black", lw=0.8)
     ax.grid(alpha=0.3)
     if measured:
-        ax.legend(loc="upper right", fontsize=7, title="final, paired 95 % interval",
+        ax.legend(loc="lower right", fontsize=7, title="final, paired 95 % interval",
                   title_fontsize=7)
     ax.set(xlabel="training step",
            ylabel="mismatch (points): inference − minibatch statistics")
@@ -96,6 +96,9 @@ def _reference_table(ax, rows):
     table.auto_set_font_size(False)
     table.set_fontsize(8)
     table.scale(1, 1.6)
+    for (row, _), cell in table.get_celld().items():  # two-line labels need taller rows
+        if row > 0 and "\n" in rows[row - 1][0]:
+            cell.set_height(cell.get_height() * 1.8)
 
 
 def figure2(results, title, last=1):
