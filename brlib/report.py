@@ -80,11 +80,33 @@ def preset_section(results_dir, preset):
     return "\n\n".join(parts)
 
 
+def pairing_section(results_dir, presets):
+    """What pairing costs against the number of classes, and the many-class ablations."""
+    sweep = [p for p in presets if p == "glyphs" or p.startswith("glyphs_classes")]
+    if not sweep:
+        return None
+    found = [gap for preset in ("noniid", *sweep) if preset in presets
+             for gap in results.gaps(results_dir, preset)]
+    found.sort(key=lambda gap: (gap.name, gap.classes, gap.preset))
+    parts = ["## Figure 3 against the number of classes",
+             "Paired − i.i.d. differences in test accuracy (moving averages) of the glyph "
+             "presets, which differ only in the number of classes, and of Fashion-MNIST's "
+             "`noniid` preset (another network and schedule):", results.format_gaps(found)]
+    ablations = results.gaps(results_dir, "glyphs",
+                             results.RAW_LOGIT_GAPS + results.UNCLIPPED_GAPS)
+    if ablations:
+        parts += ["Ablations on `glyphs` (300 classes):", results.format_gaps(ablations)]
+    return "\n\n".join(parts)
+
+
 def generate(results_dir):
-    """The whole page, one section per preset with results, in name order."""
+    """The whole page: one section per preset with results, in name order, then the
+    pairing cost against the number of classes."""
     presets = sorted(path.parent.name
                      for path in Path(results_dir).glob(f"*/{results.SETTINGS_FILE}"))
-    return "\n\n".join([_HEADER.strip()] + [preset_section(results_dir, p) for p in presets]) + "\n"
+    sections = [preset_section(results_dir, p) for p in presets]
+    sections.append(pairing_section(results_dir, presets))
+    return "\n\n".join([_HEADER.strip()] + [s for s in sections if s]) + "\n"
 
 
 def write(results_dir, path):
