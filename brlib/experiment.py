@@ -793,7 +793,7 @@ def is_chief(strategy):
     return resolver.task_type == "worker" and resolver.task_id == 0 and not has_chief
 
 
-def reproduce(preset, arms=DEFAULT_ARMS, seeds=None, results_dir="data/results", data_dir=None,
+def reproduce(preset, arms=None, seeds=None, results_dir="data/results", data_dir=None,
               strategy=None, jobs=None, verbose=True, dataset=None):
     """Runs every (arm, seed) of a preset that has no CSV yet; returns the CSV paths.
 
@@ -808,7 +808,8 @@ def reproduce(preset, arms=DEFAULT_ARMS, seeds=None, results_dir="data/results",
 
     Args:
         preset: A validated `Preset`.
-        arms: Arm names; the default is Figure 2's three.
+        arms: Arm names; default the preset's (`default_arms(preset.sampling)`):
+            Figure 2's three, or Figure 3's four for paired sampling.
         seeds: How many seeds, 0 … seeds − 1; default the preset's.
         results_dir: The results root.
         data_dir: Where the dataset's files are; see `brlib.data.load`.
@@ -819,7 +820,7 @@ def reproduce(preset, arms=DEFAULT_ARMS, seeds=None, results_dir="data/results",
             loading `preset.dataset`, for data of your own (each training process
             gets a copy). The results directory still records the preset's settings.
     """
-    arms = check_arms(arms)
+    arms = check_arms(default_arms(preset.sampling) if arms is None else arms)
     seeds = preset.seeds if seeds is None else seeds
     check_integer("seeds", seeds, "a positive integer", lambda v: v > 0)
     if jobs is not None:

@@ -708,3 +708,16 @@ def test_compare_warms_up_ramps_and_anneals_as_the_presets_do(monkeypatch):
     assert presets[-1].learning_rate_schedule() == 1e-3
     with pytest.raises(ValueError, match="warmup_steps"):
         experiment.compare(tiny_data(), steps=12, warmup_steps=-1, **small)
+
+
+@pytest.mark.parametrize("name, arms", [("quick", results.DEFAULT_ARMS),
+                                        ("noniid_quick", results.NONIID_ARMS)])
+def test_reproduce_runs_the_presets_own_arms_by_default(name, arms, tmp_path, monkeypatch):
+    trained = []
+    monkeypatch.setattr(experiment, "_train_in_processes",
+                        lambda preset, todo, *args: trained.extend(todo))
+    preset = experiment.get_preset(name, **TINY)
+    paths = experiment.reproduce(preset, seeds=1, results_dir=tmp_path, dataset=tiny_data(),
+                                 verbose=False)
+    assert trained == [(arm, 0) for arm in arms]
+    assert [path.name for path in paths] == [f"{arm}_seed0.csv" for arm in arms]
