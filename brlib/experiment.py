@@ -247,13 +247,13 @@ NONIID = dataclasses.replace(NONIID_QUICK, name="noniid", steps=20 * TAU, rmax_s
 # 300 classes need wider layers and more steps than Fashion-MNIST's 10 to train well:
 # the full preset doubles the widths and holds the learning rate until step 600,
 # anneals it to its floor at 1200, and reads the last 400 steps (4 time constants).
-# The quick preset runs that schedule at the narrow widths. The class sweep repeats
+# The quick preset runs that schedule at the narrow widths, 3 seeds. The class sweep repeats
 # the full preset at other numbers of classes, 3 seeds each: the 300-class point is
 # the full preset itself. `glyphs_long` is the full preset run twice as long.
 GLYPHS = dataclasses.replace(NONIID, name="glyphs", dataset="glyphs300", widths=(16, 32, 64),
                              steps=16 * TAU, lr_decay_start=6 * TAU, lr_decay_end=12 * TAU,
                              seeds=10, final_evaluations=4)
-GLYPHS_QUICK = dataclasses.replace(GLYPHS, name="glyphs_quick", widths=(8, 16, 32), seeds=5)
+GLYPHS_QUICK = dataclasses.replace(GLYPHS, name="glyphs_quick", widths=(8, 16, 32), seeds=3)
 SWEEP_CLASSES = (10, 30, 100, 300, 1000)
 GLYPHS_SWEEP = tuple(dataclasses.replace(GLYPHS, name=f"glyphs_classes{n}",
                                          dataset=f"glyphs{n}", seeds=3)

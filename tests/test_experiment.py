@@ -38,7 +38,7 @@ def test_presets_follow_the_protocols():
 
 @pytest.mark.parametrize("name, min_seeds, microbatch", [
     ("quick", 5, 2), ("cpu", 10, 2), ("noniid_quick", 5, 32), ("noniid", 10, 32),
-    ("glyphs_quick", 5, 32), ("glyphs", 10, 32), ("glyphs_classes10", 3, 32),
+    ("glyphs_quick", 3, 32), ("glyphs", 10, 32), ("glyphs_classes10", 3, 32),
     ("glyphs_classes1000", 3, 32), ("glyphs_long", 5, 32)])
 def test_cpu_presets_are_built_to_reach_a_steady_state(name, min_seeds, microbatch):
     preset = experiment.get_preset(name)
