@@ -427,7 +427,9 @@ def format_table(results, last, reference="batchnorm"):
 # accuracy, validation with moving averages, validation with minibatch statistics.
 PAPER_NONIID = {"batchnorm": ("72.8", "67.0", "76.5"), "batchnorm_halves": ("", "77.4", ""),
                 "batchrenorm": ("", "78.6", ""), "batchnorm_iid": ("", "78.3 (Figure 1)", "")}
-NONIID_COLUMNS = (("train_accuracy", "training"), ("val_accuracy", "test, moving averages"),
+NONIID_COLUMNS = (("train_accuracy", "training"),
+                  ("train_accuracy_inference", "training examples, inference network"),
+                  ("val_accuracy", "test, moving averages"),
                   ("val_accuracy_recalibrated", "test, recalibrated"),
                   ("val_accuracy_minibatch_stats", "test, minibatch statistics"))
 
@@ -446,12 +448,18 @@ def format_noniid_table(results, last):
     generalization gap (training minus test with moving averages) and the
     gain from normalizing test groups by their own statistics, paired by seed.
     """
-    header = " | ".join(f"{name} (%)" for _, name in NONIID_COLUMNS)
+    # Results from before a column existed lack it: it is left out when no arm has it.
+    shown = [(column, name) for column, name in NONIID_COLUMNS
+             if any(column in curves.columns for curves in results.values())]
+    header = " | ".join(f"{name} (%)" for _, name in shown)
     lines = [f"| arm | seeds | {header} | paper: training / test / minibatch stats |",
-             "|---|---|" + "---|" * len(NONIID_COLUMNS) + "---|"]
+             "|---|---|" + "---|" * len(shown) + "---|"]
     for arm, curves in results.items():
         cells = [ARMS[arm].label, str(len(curves.seeds))]
-        for column, _ in NONIID_COLUMNS:
+        for column, _ in shown:
+            if column not in curves.columns:
+                cells.append("—")
+                continue
             mean, sd, _ = t_interval(100 * final_values(curves[column], last))
             cells.append(f"{mean:.2f} ± {sd:.2f}")
         cells.append(" / ".join(value or "—" for value in PAPER_NONIID.get(arm, ("", "", ""))))

@@ -254,3 +254,23 @@ def test_the_number_of_classes_comes_from_the_dataset_name():
     assert results.classes_of("glyphs1000") == 1000 and results.classes_of("cifar100") == 100
     with pytest.raises(ValueError, match="`dataset` must be glyphs<N>"):
         results.classes_of("imagenet")
+
+
+def test_noniid_table_shows_the_inference_fit_of_training_examples_where_recorded(tmp_path):
+    test = np.full((2, 2), 0.6)
+    write_runs(tmp_path, "batchnorm", test, preset="noniid", pairs=(test, test))
+    write_runs(tmp_path, "batchrenorm", test, preset="noniid", pairs=(test, test))
+    for seed in (0, 1):  # only renorm's runs have the column, as after a runner update
+        path = tmp_path / "noniid" / f"batchrenorm_seed{seed}.csv"
+        rows = results.read_csv(path)
+        for row, value in zip(rows, (0.7, 0.75 + 0.05 * seed)):
+            row["train_loss_inference"], row["train_accuracy_inference"] = 1.0, value
+        results.write_atomic(path, results.rows_to_csv(rows))
+    table = results.format_noniid_table(results.load_results(tmp_path, "noniid"), last=1)
+    assert "training examples, inference network (%)" in table.splitlines()[0]
+    assert table.splitlines()[2].startswith("| Batchnorm | 2 | 60.00 ± 0.00 | — |")
+    sd = 100 * np.std([0.75, 0.80], ddof=1)
+    assert table.splitlines()[3].startswith(f"| Batch Renorm | 2 | 60.00 ± 0.00 | 77.50 ± {sd:.2f} |")
+    without = results.format_noniid_table({"batchnorm": results.load_results(tmp_path, "noniid")[
+        "batchnorm"]}, last=1)
+    assert "inference network" not in without
