@@ -100,13 +100,17 @@ ARMS = {arm.name: arm for arm in (
         sampling="iid", logit_norm=False),
     Arm("batchrenorm_rawlogits", "Batch Renorm, no norm4", "tab:red", renorm=True,
         logit_norm=False),
+    # A normalization that never looks at other examples, on i.i.d. groups: with `groupnorm`
+    # on pairs, what pairing costs through the sampling alone.
+    Arm("groupnorm_iid", "GroupNorm, i.i.d. groups", "yellowgreen", layer="groupnorm",
+        sampling="iid"),
 )}
 DEFAULT_ARMS = ("batchnorm", "batchrenorm", "baseline")
 ABLATIONS = ("batchnorm_seedbug", "batchrenorm_seedbug", "batchrenorm_noramp")
 NONIID_ARMS = ("batchnorm", "batchnorm_halves", "batchrenorm", "batchnorm_iid")
 # The many-class presets' extra arms: renorm's own i.i.d. control and the ablations.
 NONIID_ABLATIONS = ("batchrenorm_iid", "batchrenorm_unclipped", "batchnorm_rawlogits",
-                    "batchnorm_iid_rawlogits", "batchrenorm_rawlogits")
+                    "batchnorm_iid_rawlogits", "batchrenorm_rawlogits", "groupnorm_iid")
 
 
 def default_arms(sampling="iid"):
@@ -521,6 +525,7 @@ def format_mismatch_table(results, last):
 # i.i.d. groups, which the paper found equal). Each is (name, arm, reference).
 PAIRING_GAPS = (("batch norm: pairs − i.i.d.", "batchnorm", "batchnorm_iid"),
                 ("batch renorm: pairs − i.i.d.", "batchrenorm", "batchrenorm_iid"),
+                ("GroupNorm: pairs − i.i.d.", "groupnorm", "groupnorm_iid"),
                 ("batch renorm on pairs − batch norm i.i.d.", "batchrenorm", "batchnorm_iid"))
 # The same three gaps with norm4, the normalization of the class scores, removed.
 RAW_LOGIT_GAPS = (
