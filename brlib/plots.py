@@ -175,7 +175,12 @@ def class_sweep(sweep, others=(), title="What pairing costs, against the number 
 
     fig, ax = plt.subplots(figsize=(7.5, 4.6))
     names = list(dict.fromkeys(gap.name for gap in (*sweep, *others)))
-    colors = dict(zip(names, ("tab:blue", "tab:red", "tab:purple", "tab:green", "tab:orange")))
+    # The arms' colours (batch norm blue, renorm red, GroupNorm green); other kinds in turn.
+    known = (("batch norm", "tab:blue"), ("batch renorm on pairs", "tab:purple"),
+             ("batch renorm", "tab:red"), ("GroupNorm", "tab:green"))
+    spare = iter(("tab:orange", "tab:brown", "tab:pink", "tab:olive"))
+    colors = {name: next((color for start, color in known if name.startswith(start)), None)
+              or next(spare) for name in names}
     for index, name in enumerate(names):
         # A small horizontal offset per kind keeps the error bars apart on the log axis.
         shift = 1.06 ** (index - (len(names) - 1) / 2)
