@@ -92,8 +92,8 @@ def pairing_section(results_dir, presets):
              "Paired − i.i.d. differences in test accuracy (moving averages) of the glyph "
              "presets, which differ only in the number of classes, and of Fashion-MNIST's "
              "`noniid` preset (another network and schedule):", results.format_gaps(found)]
-    ablations = results.gaps(results_dir, "glyphs",
-                             results.RAW_LOGIT_GAPS + results.UNCLIPPED_GAPS)
+    ablations = results.gaps(results_dir, "glyphs", results.RAW_LOGIT_GAPS
+                             + results.UNCLIPPED_GAPS) if "glyphs" in presets else []
     if ablations:
         parts += ["Ablations on `glyphs` (300 classes):", results.format_gaps(ablations)]
     return "\n\n".join(parts)
