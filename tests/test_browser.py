@@ -94,15 +94,31 @@ def cell_error(page):
     return errors.first.inner_text() if errors.count() else None
 
 
-def wait_until(page, condition, seconds=60):
-    """Polls `condition`; fails at once if a cell has raised, and after `seconds` otherwise."""
-    deadline = time.time() + seconds
+def kernel_status(page):
+    """The notebook's execution indicator: 'idle', 'busy', or another kernel state."""
+    indicator = page.locator(".jp-Notebook-ExecutionIndicator").first
+    return indicator.get_attribute("data-status") if indicator.count() else None
+
+
+def wait_until(page, condition, seconds=60, ceiling=1200):
+    """Polls `condition`; fails at once if a cell has raised.
+
+    Otherwise it fails after `seconds` in which the kernel was not busy, or after
+    `ceiling` seconds in all: a kernel still running cells on a loaded machine is
+    given time, a stuck page is not.
+    """
+    start = last_busy = time.time()
     while not condition():
         error = cell_error(page)
         if error:
             raise AssertionError(f"a notebook cell raised:\n{error[-3000:]}")
-        if time.time() > deadline:
-            raise AssertionError("the page did not change in time")
+        now = time.time()
+        status = kernel_status(page)
+        if status == "busy":
+            last_busy = now
+        if now - last_busy > seconds or now - start > ceiling:
+            raise AssertionError(f"the page did not change in time (after {now - start:.0f} s; "
+                                 f"kernel {status!r})")
         time.sleep(0.25)
 
 
