@@ -17,7 +17,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np  # noqa: E402
 
 import brlib as br  # noqa: E402
-from brlib import experiment  # noqa: E402
+from brlib import experiment, protocol  # noqa: E402
 
 
 def trained_run(preset, arm, dataset):
@@ -45,13 +45,13 @@ def main():
     parser.add_argument("--ks", nargs="+", type=int, default=[1, 2, 5, 10, 20])
     parser.add_argument("--sets", type=int, default=6)
     args = parser.parse_args()
-    preset = experiment.get_preset(args.preset)
+    preset = protocol.get_preset(args.preset)
     dataset = br.data.load(preset.dataset)
     print(f"preset {preset.name}: recalibrated test accuracy over {args.sets} disjoint sets "
           f"of K minibatches of {preset.minibatch_size}, final model of seed 0")
     print("| arm | moving averages (%) | K | mean (%) | sd across sets (points) |")
     print("|---|---|---|---|---|")
-    for arm in experiment.DEFAULT_ARMS:
+    for arm in protocol.DEFAULT_ARMS:
         run = trained_run(preset, arm, dataset)
         moving = 100 * run.evaluate()[0]
         for k in args.ks:

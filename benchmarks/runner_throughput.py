@@ -25,7 +25,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # noqa: E402
 
-from brlib import experiment  # noqa: E402
+from brlib import experiment, protocol  # noqa: E402
 
 SHAPES = {"fashion_mnist": ((28, 28, 1), 10), "cifar10": ((32, 32, 3), 10),
           "cifar100": ((32, 32, 3), 100)}
@@ -122,7 +122,7 @@ def main():
     print(f"| preset | runner ex/s | bare loop ex/s | ratio | RSS start → end (MB), steps |")
     print("|---|---|---|---|---|")
     for name in args.presets:
-        preset = experiment.get_preset(name)
+        preset = protocol.get_preset(name)
         heavy = preset.minibatch_size > 512
         steps = max(2, args.steps // 4) if heavy else args.steps
         memory_steps = max(5, args.memory_steps // 20) if heavy else args.memory_steps
@@ -132,8 +132,8 @@ def main():
     print("\n| preset | arm | K | steps + evaluation (s) | recalibrated evaluation (s) | added cost |")
     print("|---|---|---|---|---|---|")
     for name in args.recalibration_presets:
-        preset = experiment.get_preset(name)
-        for arm in experiment.DEFAULT_ARMS:
+        preset = protocol.get_preset(name)
+        for arm in protocol.DEFAULT_ARMS:
             base, extra = recalibration_cost(preset, arm, args.rounds)
             print(f"| {name} | {arm} | {preset.recalibration_batches} | {base:.2f} | "
                   f"{extra:.2f} | {100 * extra / base:.0f} % |", flush=True)

@@ -5,7 +5,7 @@ import argparse
 import os
 import sys
 
-from brlib.results import ARMS, DEFAULT_ARMS, NONIID_ARMS, default_arms
+from brlib.protocol import ARMS, DEFAULT_ARMS, NONIID_ARMS, NONIID_FIGURE_ARMS
 
 
 def _parser():
@@ -37,7 +37,7 @@ def _parser():
     figure.add_argument("--preset", required=True)
     figure.add_argument("--arms", nargs="+", help=f"arms to draw (the table lists every arm "
                         f"with results); default: {' '.join(DEFAULT_ARMS)} (noniid presets: "
-                        f"{' '.join(NONIID_ARMS)})")
+                        f"{' '.join(NONIID_FIGURE_ARMS)})")
     figure.add_argument("--results-dir", default="data/results")
     figure.add_argument("--figures-dir", default="figures")
     figure.add_argument("--compare", metavar="DIR", help="results directory to set these "
@@ -51,17 +51,16 @@ def _parser():
 
 
 def reproduce(args):
-    from brlib import experiment
+    from brlib import experiment, protocol
 
-    preset = experiment.get_preset(args.preset, steps=args.steps, eval_every=args.eval_every,
-                                   threads=args.threads)
+    preset = protocol.get_preset(args.preset, steps=args.steps, eval_every=args.eval_every,
+                                 threads=args.threads)
     strategy = None
     if args.multi_worker:
         experiment.fix_threads(preset.threads)  # before the strategy starts TensorFlow
         strategy = experiment.multi_worker_strategy(args.collective_timeout)
-    paths = experiment.reproduce(preset, args.arms or default_arms(preset.sampling), args.seeds,
-                                 args.results_dir, args.data_dir, strategy=strategy,
-                                 jobs=args.jobs)
+    paths = experiment.reproduce(preset, args.arms, args.seeds, args.results_dir, args.data_dir,
+                                 strategy=strategy, jobs=args.jobs)
     print(f"\n{len(paths)} result files in {os.path.join(args.results_dir, preset.name)}")
 
 
@@ -69,36 +68,35 @@ def figure(args):
     import matplotlib
 
     matplotlib.use("Agg")
-    from brlib import plots, results
+    from brlib import plots, protocol, results
 
-    chosen = results.check_arms(args.arms) if args.arms else None  # before reading anything
+    chosen = protocol.check_arms(args.arms) if args.arms else None  # before reading anything
     loaded = results.load_results(args.results_dir, args.preset)  # the table has every arm
-    settings = results.load_settings(args.results_dir, args.preset) or {}
-    pairs = settings.get("sampling") == "pairs"
-    drawn = chosen or default_arms(settings.get("sampling"))
-    last = settings.get("final_evaluations", 1)
-    print(f"Preset '{args.preset}': final accuracy = mean of the last {last} evaluation(s) per "
-          "seed; differences are paired by seed, with 95 % t-intervals, in points.\n")
-    print(results.format_table(loaded, last))
+    preset = loaded.preset
+    print(f"Preset '{args.preset}': final accuracy = mean of the last {loaded.last} "
+          "evaluation(s) per seed; differences are paired by seed, with 95 % t-intervals, "
+          "in points.\n")
+    print(results.format_table(loaded))
     print("\nWithin each arm, paired by seed (points): the train/inference mismatch, and the lag "
           "of the moving averages.\n")
-    print(results.format_mismatch_table(loaded, last))
-    shown = {arm: curves for arm, curves in loaded.items() if arm in drawn}
-    if not shown:
-        raise FileNotFoundError(f"no results of the arms {list(drawn)} to draw")
-    if pairs:
-        print("\n" + results.format_noniid_table(loaded, last))
-        fig = plots.figure3(shown, f"Non-i.i.d. pairs, preset '{args.preset}'", last)
+    print(results.format_mismatch_table(loaded))
+    if preset.sampling == "pairs":
+        print("\n" + results.format_noniid_table(loaded))
+    if chosen:
+        shown = loaded.only(chosen)
+        if not len(shown):
+            raise FileNotFoundError(f"no results of the arms {chosen} to draw")
+        draw = plots.figure3 if preset.sampling == "pairs" else plots.figure2
+        fig, name = draw(shown), preset.figure
     else:
-        fig = plots.figure2(shown, f"Microbatch experiment, preset '{args.preset}'", last)
-    name = f"figure{3 if pairs else 2}_{args.preset}"
+        fig, name = plots.preset_figure(loaded)
     for path in plots.save_figure(fig, name, args.figures_dir):
         print(path)
     if args.compare:
-        _compare(args, settings, last)
+        _compare(args)
 
 
-def _compare(args, settings, last):
+def _compare(args):
     """Prints the results of `args.compare` for the same preset, and whether the runs agree."""
     from brlib import results
 
@@ -107,6 +105,7 @@ def _compare(args, settings, last):
     if other is None:
         print("  no results of this preset there.")
         return
+    settings = results.load_settings(args.results_dir, args.preset) or {}
     if {k: v for k, v in other.items() if k != "seeds"} != {
             k: v for k, v in settings.items() if k != "seeds"}:
         print("  recorded with other settings: the runs are not comparable one to one.")
@@ -117,7 +116,7 @@ def _compare(args, settings, last):
               "there, apart from wall_seconds" + ("" if all(same.values()) else
                                                   f" (differ: {[n for n, ok in same.items() if not ok]})"))
     print()
-    print(results.format_table(results.load_results(args.compare, args.preset), last))
+    print(results.format_table(results.load_results(args.compare, args.preset)))
 
 
 def report(args):

@@ -506,7 +506,7 @@ class _Conversion:
                "Keras cannot rebuild it with other layers.")
         if top_level:
             what = ("Build the model as a Functional or Sequential model (nested ones are "
-                    f"converted too), or construct it with the other normalization layer "
+                    "converted too), or construct it with the other normalization layer "
                     "in its code and load the weights into it.")
         else:
             what = (f"It holds {self.source_name} layer(s) {', '.join(map(repr, inner))}. "

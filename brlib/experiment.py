@@ -1,4 +1,6 @@
-"""The experiments of the paper's Figures 2 and 3: presets, arms, and a resumable runner.
+"""The runner of the paper's Figures 2 and 3: one training loop, resumable runs, many at once.
+
+What is trained (the presets and the arms) is `brlib.protocol`'s.
 
 Every training step draws a minibatch, from a shuffle that changes every
 epoch (Figure 2) or as groups of pairs of one label each (Figure 3, see
@@ -42,239 +44,21 @@ import tensorflow as tf  # noqa: E402
 from filelock import FileLock, Timeout  # noqa: E402
 
 import brlib.data  # noqa: E402
-import brlib.glyphs  # noqa: E402
 from brlib.layers import BatchRenormalization  # noqa: E402
-from brlib import recalibration  # noqa: E402
 from brlib.models import seed_convnet  # noqa: E402
-from brlib.recalibration import recalibrated  # noqa: E402
-from brlib.results import (ARMS, BASELINE_GROUP, COLUMNS, DEFAULT_ARMS,  # noqa: E402,F401
-                           SETTINGS_FILE, check_arms, check_settings, default_arms, read_csv,
-                           record_settings, result_path, rows_to_csv, write_atomic)
-from brlib.sampling import (WORKER, epoch_order, indices_by_class, paired_batches,  # noqa: E402
+from brlib.protocol import ARMS, GROUP, PRESETS, check_arms  # noqa: E402
+from brlib.recalibration import recalibrated, untouched  # noqa: E402
+from brlib.results import (SETTINGS_FILE, check_settings, read_csv, record_settings,  # noqa: E402
+                           result_path, rows_to_csv, write_atomic)
+from brlib.sampling import (epoch_order, indices_by_class, paired_batches,  # noqa: E402
                             paired_minibatch, test_order)
-from brlib.schedule import RenormSchedule, renorm_layers  # noqa: E402
+from brlib.schedule import renorm_layers  # noqa: E402
 from brlib.validation import check_integer, check_number  # noqa: E402
 
 
-# CPU threads per run unless a preset says otherwise: one, so that as many runs as
-# there are cores train side by side (`reproduce --jobs`) with the same results.
-DEFAULT_THREADS = 1
-
-
-@dataclasses.dataclass(frozen=True)
-class Preset:
-    """Settings of one experiment. Schedule steps are absolute training steps.
-
-    The learning rate is constant, or, when `lr_decay_start` is set, constant
-    until then and cosine-decayed to `lr_floor` × `learning_rate` at
-    `lr_decay_end`, staying there. At every evaluation the recalibrated model
-    uses `recalibration_batches` fixed training minibatches; the final
-    accuracy of a run is the mean of its last `final_evaluations` evaluations.
-    `sampling` is "iid" (shuffled epochs) or "pairs" (the paper's Figure 3:
-    groups of 32 made of 16 pairs of one label each, see `brlib.sampling`).
-    `threads` is the number of CPU threads TensorFlow gives each run (intra-
-    and inter-op): TensorFlow's CPU kernels split their sums by thread, so
-    results are reproducible, bit for bit, only at a fixed count.
-    Evaluations in the last quarter of the run, and the final ones, score the
-    whole test split; earlier ones, which only draw the curves, score a fixed
-    sample of `curve_test_examples` test examples per seed (the first test
-    groups), which makes a run about a quarter faster. Every evaluation also
-    scores the inference model on a fixed sample of as many training examples.
-    """
-
-    name: str
-    dataset: str
-    minibatch_size: int
-    microbatch_size: int
-    steps: int
-    learning_rate: float
-    warmup_steps: int
-    rmax_final: float
-    rmax_steps: int
-    dmax_final: float
-    dmax_steps: int
-    eval_every: int
-    seeds: int = 3
-    optimizer: str = "adam"
-    widths: tuple = (64, 128, 256)
-    dropout: float = 0.5
-    alpha: float = 0.01
-    lr_decay_start: int | None = None
-    lr_decay_end: int | None = None
-    lr_floor: float = 0.01
-    recalibration_batches: int = 10
-    final_evaluations: int = 1
-    sampling: str = "iid"
-    threads: int = DEFAULT_THREADS
-    curve_test_examples: int = 2000
-
-    def schedule(self, ramp=True, clipped=True):
-        """The rmax/dmax schedule; without `ramp`, the final values from step 0.
-
-        Without `clipped`, batch norm during the warm-up, then rmax = dmax = ∞.
-        """
-        if not clipped:
-            inf = float("inf")
-            return RenormSchedule(self.warmup_steps, inf, self.warmup_steps, inf,
-                                  self.warmup_steps)
-        if not ramp:
-            return RenormSchedule(0, self.rmax_final, 0, self.dmax_final, 0)
-        return RenormSchedule(self.warmup_steps, self.rmax_final, self.rmax_steps,
-                              self.dmax_final, self.dmax_steps)
-
-    def learning_rate_schedule(self):
-        """The learning rate as a Keras schedule of the optimizer's step, or a float."""
-        if self.lr_decay_start is None:
-            return self.learning_rate
-        return keras.optimizers.schedules.CosineDecay(
-            initial_learning_rate=self.learning_rate, warmup_target=self.learning_rate,
-            warmup_steps=self.lr_decay_start, alpha=self.lr_floor,
-            decay_steps=self.lr_decay_end - self.lr_decay_start)
-
-    def evaluates_in_full(self, step):
-        """Whether the evaluation after `step` scores the whole test split.
-
-        It does in the last quarter of the run, which the steady-state check
-        reads, and in the final evaluations, which the results average.
-        """
-        last_window = self.steps - (self.final_evaluations - 1) * self.eval_every
-        return step >= 0.75 * self.steps or step >= last_window
-
-    def settings(self):
-        """Every setting, as a JSON-ready dict: what identifies a results directory.
-
-        For the glyph dataset, which is rendered from installed fonts, the
-        SHA-256 of every font file is a setting too (`font_sha256`).
-        """
-        settings = dataclasses.asdict(self)
-        if brlib.data.GLYPHS.fullmatch(self.dataset):
-            settings["font_sha256"] = brlib.glyphs.font_hashes()
-        return settings
-
-    def validate(self):
-        positive = ("minibatch_size", "microbatch_size", "steps", "eval_every", "seeds",
-                    "recalibration_batches", "final_evaluations", "threads",
-                    "curve_test_examples")
-        for name in positive:
-            check_integer(name, getattr(self, name), "a positive integer", lambda v: v > 0)
-        for name in ("learning_rate", "alpha"):
-            check_number(name, getattr(self, name), "a number in (0, 1]", lambda v: 0 < v <= 1)
-        check_number("lr_floor", self.lr_floor, "a number in [0, 1]", lambda v: 0 <= v <= 1)
-        check_number("dropout", self.dropout, "a number in [0, 1)", lambda v: 0 <= v < 1)
-        if (self.lr_decay_start is None) != (self.lr_decay_end is None):
-            raise ValueError("`lr_decay_start` and `lr_decay_end` must be both set or both "
-                             f"None; got {self.lr_decay_start!r} and {self.lr_decay_end!r}.")
-        if self.lr_decay_start is not None:
-            check_integer("lr_decay_start", self.lr_decay_start, "an integer >= 0",
-                          lambda v: v >= 0)
-            check_integer("lr_decay_end", self.lr_decay_end, "an integer > lr_decay_start",
-                          lambda v: v > self.lr_decay_start)
-        if len(self.widths) != 3:
-            raise ValueError(f"`widths` must be three positive integers; got {self.widths!r}.")
-        for width in self.widths:
-            check_integer("widths", width, "three positive integers", lambda v: v > 0)
-        for group in (self.microbatch_size, BASELINE_GROUP):
-            if self.minibatch_size % group:
-                raise ValueError(
-                    f"`minibatch_size`={self.minibatch_size} must be a multiple of the "
-                    f"microbatch size {group} (`microbatch_size`, or the baseline's 32).")
-        if self.final_evaluations > self.steps // self.eval_every:
-            raise ValueError(f"`final_evaluations`={self.final_evaluations} must not exceed "
-                             f"the run's {self.steps // self.eval_every} evaluations.")
-        if not brlib.data.is_known(self.dataset):
-            raise ValueError(f"`dataset` must be one of {sorted(brlib.data.LOADERS)} or "
-                             f"glyphs<classes>; got dataset={self.dataset!r}.")
-        if self.sampling not in SAMPLINGS:
-            raise ValueError(f"`sampling` must be one of {list(SAMPLINGS)}; "
-                             f"got sampling={self.sampling!r}.")
-        if self.sampling == "pairs" and self.minibatch_size % WORKER:
-            raise ValueError(f"`minibatch_size`={self.minibatch_size} must be a multiple of "
-                             f"{WORKER}, the size of a group of pairs.")
-        if self.optimizer not in OPTIMIZERS:
-            raise ValueError(f"`optimizer` must be one of {sorted(OPTIMIZERS)}; "
-                             f"got optimizer={self.optimizer!r}.")
-        self.schedule()  # checks the schedule's own arguments
-        return self
-
-
-SAMPLINGS = ("iid", "pairs")
+# The optimizers a preset may name (`Preset.optimizer`).
 OPTIMIZERS = {"adam": keras.optimizers.Adam, "rmsprop": keras.optimizers.RMSprop,
               "sgd": keras.optimizers.SGD}
-
-# The student reproduction: 1600 = 800 × 2, 300 epochs of 31 steps, Adam 1e-4,
-# rmax/dmax 1/0 until epoch 20, then linear to 1.5/0.5 at epoch 300.
-SEED = Preset(name="seed", dataset="cifar100", minibatch_size=1600, microbatch_size=2,
-              steps=9300, learning_rate=1e-4, warmup_steps=620, rmax_final=1.5,
-              rmax_steps=9300, dmax_final=0.5, dmax_steps=9300, eval_every=31, seeds=5,
-              final_evaluations=10)
-# The paper's schedule shape on the seed's data: 5k/160k warm-up, rmax 3 at
-# 40k/160k, dmax 5 at 25k/160k, microbatches of 4.
-PAPER = dataclasses.replace(SEED, name="paper", microbatch_size=4, warmup_steps=291,
-                            rmax_final=3.0, rmax_steps=2325, dmax_final=5.0, dmax_steps=1453)
-# The student protocol with Fashion-MNIST in place of CIFAR-100: for a GPU.
-SEED_FMNIST = dataclasses.replace(SEED, name="seed_fmnist", dataset="fashion_mnist")
-
-# The CPU presets count in units of the moving averages' time constant 1/α =
-# 100 steps (TAU). The paper's warm-up lasts 50 of them; here the warm-up
-# lasts 3 (the averages then hold e^-3 = 5 % of their start), the ramps end
-# after 5-10, and the learning rate is held, then cosine-annealed to 1 %,
-# which it keeps for the last quarter of the run (3-5 TAU), so the moving
-# averages catch up with weights that have almost stopped: the comparison is
-# read at a steady state, where lag is gone and what remains is the
-# microbatch mismatch.
-TAU = 100
-QUICK = Preset(name="quick", dataset="fashion_mnist", minibatch_size=128, microbatch_size=2,
-               steps=12 * TAU, learning_rate=1e-3, warmup_steps=3 * TAU, rmax_final=3.0,
-               rmax_steps=7 * TAU, dmax_final=5.0, dmax_steps=5 * TAU, eval_every=TAU,
-               seeds=5, widths=(8, 16, 32), dropout=0.0, lr_decay_start=5 * TAU,
-               lr_decay_end=9 * TAU, recalibration_batches=10, final_evaluations=3)
-CPU = dataclasses.replace(QUICK, name="cpu", steps=20 * TAU, widths=(16, 32, 64),
-                          rmax_steps=10 * TAU, dmax_steps=6 * TAU, lr_decay_start=8 * TAU,
-                          lr_decay_end=15 * TAU, seeds=10, final_evaluations=5)
-# Figure 3: every group of 32 (one of the paper's workers) holds 16 pairs of one label
-# each, and batch norm normalizes the whole group, so the microbatch is 32. Three
-# groups per step keep the quick preset within 10 minutes for four arms × 5 seeds.
-# Its seeds agree more closely than Figure 2's, so the learning rate reaches its floor
-# earlier (at 7/12 and 12/20 of the run), to leave the moving averages a few time
-# constants at the floor before the last quarter is read.
-NONIID_QUICK = dataclasses.replace(QUICK, name="noniid_quick", minibatch_size=3 * WORKER,
-                                   microbatch_size=WORKER, sampling="pairs",
-                                   lr_decay_start=4 * TAU, lr_decay_end=7 * TAU)
-NONIID = dataclasses.replace(NONIID_QUICK, name="noniid", steps=20 * TAU, rmax_steps=10 * TAU,
-                             dmax_steps=6 * TAU, lr_decay_start=6 * TAU, lr_decay_end=12 * TAU,
-                             seeds=10, final_evaluations=5)
-# Figure 3 with many classes: 300 Chinese characters in 25 typefaces (`brlib.glyphs`).
-# 300 classes need wider layers and more steps than Fashion-MNIST's 10 to train well:
-# the full preset doubles the widths and holds the learning rate until step 600,
-# anneals it to its floor at 1200, and reads the last 400 steps (4 time constants).
-# The quick preset runs that schedule at the narrow widths, 3 seeds. The class sweep repeats
-# the full preset at other numbers of classes, 3 seeds each: the 300-class point is
-# the full preset itself. `glyphs_long` is the full preset run twice as long.
-GLYPHS = dataclasses.replace(NONIID, name="glyphs", dataset="glyphs300", widths=(16, 32, 64),
-                             steps=16 * TAU, lr_decay_start=6 * TAU, lr_decay_end=12 * TAU,
-                             seeds=10, final_evaluations=4)
-GLYPHS_QUICK = dataclasses.replace(GLYPHS, name="glyphs_quick", widths=(8, 16, 32), seeds=3)
-SWEEP_CLASSES = (10, 30, 100, 300, 1000)
-GLYPHS_SWEEP = tuple(dataclasses.replace(GLYPHS, name=f"glyphs_classes{n}",
-                                         dataset=f"glyphs{n}", seeds=3)
-                     for n in SWEEP_CLASSES if n != 300)
-GLYPHS_LONG = dataclasses.replace(GLYPHS, name="glyphs_long", steps=32 * TAU,
-                                  lr_decay_start=12 * TAU, lr_decay_end=24 * TAU, seeds=5,
-                                  final_evaluations=8)
-PRESETS = {preset.name: preset for preset in (SEED, PAPER, SEED_FMNIST, QUICK, CPU,
-                                              NONIID_QUICK, NONIID, GLYPHS_QUICK, GLYPHS,
-                                              *GLYPHS_SWEEP, GLYPHS_LONG)}
-
-
-def get_preset(name, **overrides):
-    """A preset by name, with any field overridden, validated."""
-    if name not in PRESETS:
-        raise ValueError(f"`preset` must be one of {sorted(PRESETS)}; got preset={name!r}.")
-    unknown = set(overrides) - {f.name for f in dataclasses.fields(Preset)}
-    if unknown:
-        raise ValueError(f"unknown preset settings: {sorted(unknown)}")
-    overrides = {k: v for k, v in overrides.items() if v is not None}
-    return dataclasses.replace(PRESETS[name], **overrides).validate()
 
 
 def group_size(arm, preset):
@@ -396,7 +180,7 @@ class Run:
         """K training minibatches, fixed for the whole run, drawn as the arm trains."""
         size, count = self.preset.minibatch_size, self.preset.recalibration_batches
         if self.pairs:
-            groups = paired_batches(self._by_class, self.seed, count * size // WORKER,
+            groups = paired_batches(self._by_class, self.seed, count * size // GROUP,
                                     purpose="calibration")
             return [self.x_train[g.ravel()] for g in np.split(groups, count)]
         order = np.random.default_rng([self.seed, 7]).permutation(len(self.x_train))
@@ -452,7 +236,25 @@ class Run:
             self._epoch = (epoch, epoch_order(self.seed, epoch, len(self.x_train)))
         return self._epoch[1][index * size:(index + 1) * size]
 
+    def train(self, start=0, on_evaluation=None, on_step=None):
+        """Trains from step `start` to the preset's last step: the one training loop.
+
+        Args:
+            start: Training steps already done (a resumed run's checkpoint).
+            on_evaluation: Called with the step count after every `eval_every`
+                steps and after the last one (`Preset.evaluates_after`), for
+                example to record `row(step, ...)`.
+            on_step: Called with the step count after every training step.
+        """
+        for step in range(start + 1, self.preset.steps + 1):
+            self.train_step(step - 1)
+            if on_evaluation is not None and self.preset.evaluates_after(step):
+                on_evaluation(step)
+            if on_step is not None:
+                on_step(step)
+
     def train_step(self, step):
+        """One training step on the minibatch of `step` (counted from 0)."""
         order = self.minibatch(step)
         if self.schedule is not None and self.schedule(step) != self._bounds:
             self._bounds = self.schedule.apply(self.model, step)  # assigned only when they change
@@ -507,7 +309,7 @@ class Run:
         """
         if self.preset.sampling == "pairs":
             return paired_batches(indices_by_class(self.y_test), self.seed,
-                                  len(self.x_test) // WORKER)
+                                  len(self.x_test) // GROUP)
         group = group_size(self.arm, self.preset)
         return test_order(self.seed, len(self.x_test), group).reshape(-1, group)
 
@@ -542,17 +344,14 @@ class Run:
         groups = self.test_groups if groups is None else groups
         groups_per_call = groups_per_call or max(1024 // groups.shape[1], 1)
         scored = min(groups.size, len(self.x_test))  # the filler of the last group is not scored
-        before = recalibration.snapshot(self.layers)
         correct = 0
-        try:
+        with untouched(self.layers):  # the run continues from the state it had
             for start in range(0, len(groups), groups_per_call):
                 picks = groups[start:start + groups_per_call].ravel()
                 logits = self._forward_batch_statistics(self.x_test[picks])
                 hits = np.argmax(logits, axis=-1) == self.y_test[picks]
                 position = start * groups.shape[1] + np.arange(len(picks))
                 correct += int(np.sum(hits[position < scored]))
-        finally:  # as `recalibrated` does: the run continues from the state it had
-            recalibration.restore_layers(self.layers, before)
         return correct / scored
 
     def row(self, step, wall_seconds):
@@ -679,7 +478,7 @@ def run_one(preset, arm, seed, dataset, results_dir, strategy=None, on_step=None
 
     Args:
         preset: A validated `Preset`.
-        arm: A name from `brlib.results.ARMS`.
+        arm: A name from `brlib.protocol.ARMS`.
         seed: The run's seed: initial weights, minibatches, test groups.
         dataset: ((x_train, y_train), (x_test, y_test)).
         results_dir: The results root; the CSV goes to `<root>/<preset>/`.
@@ -730,22 +529,24 @@ def run_one(preset, arm, seed, dataset, results_dir, strategy=None, on_step=None
 
 def _train(run, path, writer, on_step):
     """Trains `run` from its last checkpoint to the end and writes its CSV (from the chief)."""
-    preset = run.preset
     checkpoint = Checkpoint(path, run.checkpoint(), writer)
-    step, rows, wall_before = checkpoint.restore() or (0, [], 0.0)
+    start, rows, wall_before = checkpoint.restore() or (0, [], 0.0)
     started = time.perf_counter()
+    reached = [start]  # the last step trained, for the error message
+
+    def record(step):
+        rows.append(run.row(step, wall_before + time.perf_counter() - started))
+        checkpoint.save(step, rows)
+
+    def count(step):
+        reached[0] = step
+        if on_step:
+            on_step(step)
+
     try:
-        while step < preset.steps:
-            run.train_step(step)
-            step += 1
-            if step % preset.eval_every == 0 or step == preset.steps:
-                wall = wall_before + time.perf_counter() - started
-                rows.append(run.row(step, wall))
-                checkpoint.save(step, rows)
-            if on_step:
-                on_step(step)
+        run.train(start, on_evaluation=record, on_step=count)
     except CLUSTER_ERRORS as error:
-        saved = rows[-1]["step"] if rows else 0
+        step, saved = reached[0], rows[-1]["step"] if rows else 0
         raise WorkerLost(
             f"a worker of the cluster stopped answering after step {step} of {path.name} "
             f"({type(error).__name__}: {_first_cause(error)}). Nothing was "
@@ -808,8 +609,8 @@ def reproduce(preset, arms=None, seeds=None, results_dir="data/results", data_di
 
     Args:
         preset: A validated `Preset`.
-        arms: Arm names; default the preset's (`default_arms(preset.sampling)`):
-            Figure 2's three, or Figure 3's four for paired sampling.
+        arms: Arm names; default the preset's (`Preset.arms`): Figure 2's
+            three, or Figure 3's four for paired sampling.
         seeds: How many seeds, 0 … seeds − 1; default the preset's.
         results_dir: The results root.
         data_dir: Where the dataset's files are; see `brlib.data.load`.
@@ -820,7 +621,7 @@ def reproduce(preset, arms=None, seeds=None, results_dir="data/results", data_di
             loading `preset.dataset`, for data of your own (each training process
             gets a copy). The results directory still records the preset's settings.
     """
-    arms = check_arms(default_arms(preset.sampling) if arms is None else arms)
+    arms = check_arms(preset.arms if arms is None else arms)
     seeds = preset.seeds if seeds is None else seeds
     check_integer("seeds", seeds, "a positive integer", lambda v: v > 0)
     if jobs is not None:
@@ -987,7 +788,7 @@ def compare(dataset, microbatch_size=2, rmax=3.0, dmax=5.0, steps=1200, minibatc
     decay = (dict(lr_decay_start=steps // 2, lr_decay_end=max(3 * steps // 4, steps // 2 + 1))
              if anneal else dict(lr_decay_start=None, lr_decay_end=None))
     preset = dataclasses.replace(
-        get_preset("quick"), microbatch_size=microbatch_size, minibatch_size=minibatch_size,
+        PRESETS["quick"], microbatch_size=microbatch_size, minibatch_size=minibatch_size,
         steps=steps, eval_every=max(steps // evaluations, 1), warmup_steps=warmup_steps,
         rmax_final=rmax, rmax_steps=ramp_end, dmax_final=dmax, dmax_steps=ramp_end,
         widths=tuple(widths), dropout=0.0, final_evaluations=1,
@@ -996,9 +797,7 @@ def compare(dataset, microbatch_size=2, rmax=3.0, dmax=5.0, steps=1200, minibatc
     for arm in ("batchnorm", "batchrenorm"):
         run = Run(preset, arm, seed, dataset)
         points = []
-        for step in range(preset.steps):
-            run.train_step(step)
-            if (step + 1) % preset.eval_every == 0 or step + 1 == preset.steps:
-                points.append((step + 1, run.evaluate()[0], run.evaluate_recalibrated()[0]))
+        run.train(on_evaluation=lambda step: points.append(
+            (step, run.evaluate()[0], run.evaluate_recalibrated()[0])))
         curves[arm] = tuple(np.array(column) for column in zip(*points))
     return curves

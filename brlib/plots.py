@@ -1,22 +1,18 @@
-"""Figures: the paper's Figures 2 and 3 from result files, and the one helper that saves figures.
+"""Figures: the paper's Figures 2 and 3 from result files, the notebooks' figures of r, d
+and the schedule, and the one helper that saves figures.
 
-Only reads results (through `brlib.results`); it never imports the runner or
-TensorFlow.
+It never imports the runner or TensorFlow: the figures of results read
+`brlib.results`, and the one figure that needs the layer's arithmetic
+(`schedule_figure`) imports it when called.
 """
 
 from pathlib import Path
 
 import numpy as np
 
-from brlib.results import (ARMS, final_values, load_results, mean_band,  # noqa: F401
-                           within_arm_difference)
+from brlib.protocol import ARMS, reported
+from brlib.results import mean_band, within_arm_difference
 
-# Final accuracies for context (%): Ioffe (2017), Figure 2, ImageNet, Inception-v3;
-# and the student reproduction on CIFAR-100.
-# Microbatch sizes in brackets.
-REFERENCE = [("paper: BN, groups of 32", "78.3"), ("paper: BN (4)", "74.2"),
-             ("paper: renorm (4)", "76.5"), ("student: BN (2),\nCIFAR-100", "17.7"),
-             ("student: renorm (2),\nCIFAR-100", "25.7")]
 PANELS = [("val_accuracy", "test accuracy (%), moving averages", 100),
           ("val_accuracy_recalibrated", "test accuracy (%), recalibrated", 100)]
 # Solid: the inference network on fixed training examples (what training fitted); dashed:
@@ -25,19 +21,19 @@ LOSSES = (("train_loss_inference", "-"), ("train_loss", "--"))
 MISMATCH = ("val_accuracy", "val_accuracy_minibatch_stats")  # inference − minibatch statistics
 
 
-def final_accuracy(values, last=1):
-    """Mean and sample sd over seeds of the mean of the last `last` evaluations, in %."""
-    final = 100 * final_values(values, last)
+def final_accuracy(results, arm, column="val_accuracy"):
+    """Mean and sample sd over seeds of an arm's final `column` (`Results.final`), in %."""
+    final = results.final(arm, column)
     return final.mean(), (final.std(ddof=1) if len(final) > 1 else 0.0)
 
 
-def _curves(ax, results, column, scale, last):
+def _curves(ax, results, column, scale):
     """Per arm, the seed mean of `column` with its 95 % confidence band."""
     for arm, curves in results.items():
         if column not in curves.columns:
             continue
         mean, half = mean_band(scale * curves[column])
-        final, sd = final_accuracy(curves[column], last)
+        final, sd = final_accuracy(results, arm, column)
         label = f"{ARMS[arm].label} ({final:.1f}% ± {sd:.1f}, {len(curves.seeds)} seeds)"
         ax.plot(curves.steps, mean, color=ARMS[arm].color, label=label)
         ax.fill_between(curves.steps, mean - half, mean + half, color=ARMS[arm].color, alpha=0.2)
@@ -61,7 +57,7 @@ def _losses(ax, results):
     ax.set(xlabel="training step", ylabel="training loss (cross-entropy)")
 
 
-def _mismatch(ax, results, last):
+def _mismatch(ax, results):
     """Per arm, inference minus minibatch-statistics test accuracy over training, in points.
 
     The band is the 95 % interval of the seed mean; the legend gives the
@@ -75,7 +71,7 @@ def _mismatch(ax, results, last):
                 va="center", transform=ax.transAxes)
     for arm, curves in measured.items():
         mean, half = mean_band(100 * (curves[MISMATCH[0]] - curves[MISMATCH[1]]))
-        final, (low, high) = within_arm_difference(curves, *MISMATCH, last)
+        final, (low, high) = within_arm_difference(results, arm, *MISMATCH)
         ax.plot(curves.steps, mean, color=ARMS[arm].color,
                 label=f"{ARMS[arm].label} ({final:+.1f} [{low:+.1f}, {high:+.1f}])")
         ax.fill_between(curves.steps, mean - half, mean + half, color=ARMS[arm].color, alpha=0.2)
@@ -86,6 +82,24 @@ def _mismatch(ax, results, last):
                   title_fontsize=7)
     ax.set(xlabel="training step",
            ylabel="mismatch (points): inference − minibatch statistics")
+
+
+def _reference_rows(figure):
+    """The reported numbers of `figure` as (label, value) rows of the figures' context table."""
+    # Shorter than the arms' labels, to fit the table's column.
+    short = {"batchnorm": "BN", "batchrenorm": "renorm", "baseline": "BN, groups of 32",
+             "batchnorm_halves": "BN, two halves", "batchnorm_iid": "BN, i.i.d."}
+    rows = []
+    for number in reported(figure):
+        label = f"{number.source}: {short.get(number.arm, ARMS[number.arm].label)}"
+        if number.quantity != "test":
+            label += ", training" if number.quantity == "training" else ", minibatch stats"
+        if figure == "figure2" and number.arm != "baseline":  # the microbatch size
+            label += f" ({number.note.split(',')[0].removeprefix('microbatches of ')})"
+        if number.source == "student":
+            label += ",\nCIFAR-100"
+        rows.append((label, f"{number.percent:.1f}"))
+    return rows
 
 
 def _reference_table(ax, rows):
@@ -101,7 +115,7 @@ def _reference_table(ax, rows):
             cell.set_height(cell.get_height() * 1.8)
 
 
-def figure2(results, title, last=1):
+def figure2(results, title=None):
     """Per arm, the seed mean with its 95 % confidence band, for four quantities.
 
     Panels: test accuracy of the inference model with moving averages, the
@@ -109,55 +123,79 @@ def figure2(results, title, last=1):
     minibatch-statistics accuracy), and the training loss, of the inference
     network on fixed training examples (solid, where the results have it)
     and in training mode on each step's minibatch (dashed). Legends give the
-    final accuracy (mean of the last `last` evaluations) as mean ± sd over
-    seeds, and the final mismatch with its paired 95 % interval.
+    final accuracy (`Results.final`) as mean ± sd over seeds, and the final
+    mismatch with its paired 95 % interval. A table gives the numbers that
+    the paper and the student reproduction reported (`brlib.protocol.REPORTED`).
+
+    Args:
+        results: `brlib.results.Results` of one preset.
+        title: The first panel's title; None names the preset.
     """
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 5, figsize=(23, 4.6), width_ratios=[3, 3, 3, 3, 1.6])
     for ax, (column, ylabel, scale) in zip(axes[:2], PANELS):
-        _curves(ax, results, column, scale, last)
+        _curves(ax, results, column, scale)
         ax.set(xlabel="training step", ylabel=ylabel)
-    _mismatch(axes[2], results, last)
+    _mismatch(axes[2], results)
     _losses(axes[3], results)
-    axes[0].set_title(title, loc="left")
-    _reference_table(axes[4], REFERENCE)
+    axes[0].set_title(title or f"Microbatch experiment, preset '{results.preset.name}'",
+                      loc="left")
+    _reference_table(axes[4], _reference_rows("figure2"))
     fig.tight_layout()
     return fig
 
 
-# Ioffe (2017), Figure 3: ImageNet, Inception-v3, minibatches of 16 pairs of one label per
-# worker of 32; the i.i.d. batch-norm number is Figure 1's baseline.
-REFERENCE_NONIID = [("paper, BN, validation", "67.0"), ("paper, BN, training", "72.8"),
-                    ("paper, BN, minibatch stats", "76.5"), ("paper, BN, two halves", "77.4"),
-                    ("paper, batch renorm", "78.6"), ("paper, BN, i.i.d.", "78.3")]
 PANELS_NONIID = [("val_accuracy", "test accuracy (%), moving averages"),
                  ("val_accuracy_minibatch_stats",
                   "test accuracy (%), minibatch statistics on paired test groups"),
                  ("train_accuracy", "training accuracy (%), training mode")]
 
 
-def figure3(results, title, last=1):
+def figure3(results, title=None):
     """The non-i.i.d. experiment: per arm, seed means with 95 % confidence bands.
 
     Panels: test accuracy of the inference model with moving averages
     (recalibrated dashed), test accuracy with each paired test group
     normalized by its own statistics (the paper's first control), and the
-    training accuracy in training mode; then the paper's numbers.
+    training accuracy in training mode; then the paper's numbers
+    (`brlib.protocol.REPORTED`).
+
+    Args:
+        results: `brlib.results.Results` of one preset.
+        title: The first panel's title; None names the preset.
     """
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 4, figsize=(18, 4.8), width_ratios=[3, 3, 3, 1.8])
     for ax, (column, ylabel) in zip(axes, PANELS_NONIID):
-        _curves(ax, results, column, 100, last)
+        _curves(ax, results, column, 100)
         ax.set(xlabel="training step", ylabel=ylabel)
     for arm, curves in results.items():
         mean, _ = mean_band(100 * curves["val_accuracy_recalibrated"])
         axes[0].plot(curves.steps, mean, color=ARMS[arm].color, ls="--", lw=1)
+    preset = results.preset
+    title = title or f"Non-i.i.d. pairs, {preset.classes} classes, preset '{preset.name}'"
     axes[0].set_title(title + " (dashed: recalibrated)", loc="left", fontsize=9)
-    _reference_table(axes[3], REFERENCE_NONIID)
+    _reference_table(axes[3], _reference_rows("figure3"))
     fig.tight_layout()
     return fig
+
+
+def preset_figure(results):
+    """The figure of a preset's results: Figure 3 for paired sampling, else Figure 2.
+
+    Draws the arms of `Preset.figure_arms` that have results.
+    Returns (figure, name): save it under `name` (`Preset.figure`), the one
+    file name that the command line and the notebooks use for it.
+    """
+    preset = results.preset
+    shown = results.only(preset.figure_arms)
+    if not len(shown):
+        raise ValueError(f"no results of the arms {list(preset.figure_arms)} of preset {preset.name!r} "
+                         "to draw")
+    draw = figure3 if preset.sampling == "pairs" else figure2
+    return draw(shown), preset.figure
 
 
 def class_sweep(sweep, others=(), title="What pairing costs, against the number of classes"):
@@ -201,6 +239,167 @@ def class_sweep(sweep, others=(), title="What pairing costs, against the number 
     ax.set_title(title, loc="left", fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, title="mean over seeds, bars: paired 95 % interval", title_fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+# ---------------------------------------------------------------------------
+# The notebooks' figures of r, d, partners and the schedule (the widgets redraw them)
+# ---------------------------------------------------------------------------
+def partners_figure(outputs, inference):
+    """Histograms of an example's training-mode outputs, one row per microbatch size.
+
+    `outputs` maps a microbatch size to the outputs of `partner_outputs`;
+    `inference` is the inference-mode output, one number or a mapping from
+    microbatch size to that size's value (σ = E[σ_B] depends on the size).
+    Each row marks its inference-mode output (red; batch renorm with
+    unclipped r and d outputs exactly that value whatever the partners, since
+    its training output is (x − µ)/σ) and the mean of the histogram (black,
+    dashed).
+    """
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(len(outputs), 1, figsize=(7, 1.5 + 1.1 * len(outputs)),
+                             sharex=True, squeeze=False)
+    for ax, (size, values) in zip(axes[:, 0], outputs.items()):
+        value = inference[size] if hasattr(inference, "keys") else inference
+        ax.hist(values, bins=50, color="tab:blue", alpha=0.7)
+        ax.axvline(value, color="tab:red", lw=2)
+        ax.axvline(np.mean(values), color="black", lw=1, ls="--")
+        ax.set_ylabel(f"m = {size}")
+        ax.set_yticks([])
+    axes[0, 0].set_title("training output of one example over random partners (batch norm);\n"
+                         "red: inference output at this m (renorm's training output); "
+                         "dashed: mean of the histogram", fontsize=9)
+    axes[-1, 0].set_xlabel("normalized value")
+    fig.tight_layout()
+    return fig
+
+
+def clip_figure(r, d, rmax, dmax, title=""):
+    """Histograms of r and d with the clip bounds drawn in."""
+    import matplotlib.pyplot as plt
+
+    r, d = np.ravel(r), np.ravel(d)
+    fig, (ax_r, ax_d) = plt.subplots(1, 2, figsize=(9, 3))
+    ax_r.hist(r, bins=60, color="tab:blue", alpha=0.7)
+    for bound in (1 / rmax, rmax):
+        ax_r.axvline(bound, color="tab:red")
+    ax_r.set(xlabel="r = σ_B / σ", title=f"{title}rmax = {rmax:.2f}")
+    ax_d.hist(d, bins=60, color="tab:green", alpha=0.7)
+    for bound in (-dmax, dmax):
+        ax_d.axvline(bound, color="tab:red")
+    ax_d.set(xlabel="d = (µ_B − µ) / σ", title=f"{title}dmax = {dmax:.2f}")
+    fig.tight_layout()
+    return fig
+
+
+def train_vs_inference_figure(train, infer, rmax, dmax, mu=None, sigma=None):
+    """Training-mode against inference-mode outputs, with the diagonal and the RMS gap.
+
+    With `mu` and `sigma` (numbers), the title names the moving statistics too.
+    """
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(4.5, 4))
+    ax.scatter(infer.ravel(), train.ravel(), s=4, alpha=0.5)
+    line = np.array([infer.min(), infer.max()])
+    ax.plot(line, line, color="black", lw=1)
+    gap = np.sqrt(np.mean((train - infer) ** 2))
+    statistics = "" if mu is None else f", µ {mu:g}, σ {sigma:g}"
+    ax.set(xlabel="inference output (x − µ)/σ", ylabel="training output",
+           title=f"rmax {rmax:.2f}, dmax {dmax:.2f}{statistics}: RMS gap {gap:.3f}")
+    ax.title.set_fontsize(9)
+    fig.tight_layout()
+    return fig
+
+
+def schedule_figure(warmup_steps, rmax_final, rmax_steps, dmax_final, dmax_steps, steps=None,
+                    recorded=None):
+    """The rmax/dmax schedule, and what it would clip of a recorded run's r and d.
+
+    Args:
+        warmup_steps, rmax_final, rmax_steps, dmax_final, dmax_steps: The
+            schedule, as for `RenormSchedule`.
+        steps: The last step drawn.
+        recorded: Optional (steps, r, d): at each recorded step, arrays of the
+            unclipped r and d of a run's microbatches against its moving
+            averages. The upper panel then also draws, at each recorded step,
+            the 99th percentile of max(r, 1/r) and of |d| (how wide the bounds
+            must be to pass 99 % of them), and a second panel shows the share
+            the schedule clips. During the warm-up (rmax = 1, dmax = 0) that
+            share is 100 % by definition, for every r ≠ 1 and d ≠ 0: the
+            layer is batch norm there, and the shaded span marks it.
+    """
+    import matplotlib.pyplot as plt
+
+    from brlib.diagnostics import clip_fractions
+    from brlib.schedule import RenormSchedule
+
+    schedule = RenormSchedule(warmup_steps, rmax_final, rmax_steps, dmax_final, dmax_steps)
+    steps = np.linspace(0, steps or 1.25 * max(rmax_steps, dmax_steps, 1), 400)
+    rmax, dmax = schedule(steps)
+    rows = 2 if recorded is not None else 1
+    fig, axes = plt.subplots(rows, 1, figsize=(6, 2.6 * rows + 0.4), sharex=True, squeeze=False)
+    ax = axes[0, 0]
+    ax.plot(steps, rmax, label="rmax")
+    ax.plot(steps, dmax, label="dmax")
+    ax.axvline(warmup_steps, color="gray", ls=":", label="end of warm-up")
+    ax.set(ylabel="clip bound")
+    ax.legend(fontsize=8)
+    if recorded is not None:
+        at, r_values, d_values = recorded
+        r_spread = [np.percentile(np.maximum(r, 1 / r), 99) for r in r_values]
+        d_spread = [np.percentile(np.abs(d), 99) for d in d_values]
+        ax.plot(at, r_spread, color="tab:blue", ls="--", marker=".", lw=1,
+                label="run: 99th percentile of max(r, 1/r)")
+        ax.plot(at, d_spread, color="tab:orange", ls="--", marker=".", lw=1,
+                label="run: 99th percentile of |d|")
+        ax.legend(fontsize=7)
+        shares = np.array([clip_fractions(r, d, *schedule(int(step)))
+                           for step, r, d in zip(at, r_values, d_values)])
+        clipped = axes[1, 0]
+        if warmup_steps > 0:
+            clipped.axvspan(0, warmup_steps, color="gray", alpha=0.15, lw=0,
+                            label="warm-up: batch norm, 100 % by definition")
+        clipped.plot(at, 100 * shares[:, 0], marker=".", label="r clipped")
+        clipped.plot(at, 100 * shares[:, 1], marker=".", label="d clipped")
+        clipped.axvline(warmup_steps, color="gray", ls=":")
+        clipped.set(ylabel="% clipped", ylim=(-3, 103))
+        clipped.legend(fontsize=7)
+    axes[-1, 0].set_xlabel("training step")
+    fig.tight_layout()
+    return fig
+
+
+def comparison_figure(curves, warmup_steps=None):
+    """Test accuracy of `experiment.compare`'s arms: moving averages solid, recalibrated dashed.
+
+    Each arm has its colour and marker (filled: moving averages, hollow:
+    recalibrated), and the first arm is drawn wider beneath the others, so
+    curves that coincide stay visible. The legend gives the final accuracies.
+    With `warmup_steps`, a dotted line marks the end of renorm's warm-up.
+    """
+    import matplotlib.pyplot as plt
+
+    markers = ("o", "s", "^", "D")
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for index, (arm, (steps, accuracy, *recalibrated)) in enumerate(curves.items()):
+        style = dict(color=ARMS[arm].color, marker=markers[index % len(markers)],
+                     lw=3.0 if index == 0 else 1.3, ms=8 if index == 0 else 5,
+                     alpha=0.6 if index == 0 else 1.0, zorder=2 + index)
+        ax.plot(steps, 100 * accuracy, ls="-", **style,
+                label=f"{ARMS[arm].label}, moving averages ({100 * accuracy[-1]:.1f}%)")
+        if recalibrated:
+            ax.plot(steps, 100 * recalibrated[0], ls="--", mfc="white", **style,
+                    label=f"{ARMS[arm].label}, recalibrated ({100 * recalibrated[0][-1]:.1f}%)")
+    if warmup_steps:
+        ax.axvline(warmup_steps, color="gray", ls=":", lw=1, label="end of renorm's warm-up")
+    ax.set(xlabel="training step", ylabel="test accuracy (%)",
+           title="one seed, no interval; solid: moving averages, dashed: recalibrated")
+    ax.title.set_fontsize(9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
     fig.tight_layout()
     return fig
 

@@ -7,28 +7,34 @@ from keras import ops
 
 from brlib.schedule import renorm_layers
 
-# Everything a recalibration touches in a layer, to put back afterwards.
-_STATE = ("moving_mean", "moving_stddev", "rmax", "dmax", "fraction_r_clipped",
-          "fraction_d_clipped", "skipped_updates")
 
+@contextlib.contextmanager
+def untouched(layers):
+    """Context manager: whatever the block does to `layers`' state is undone when it ends.
 
-def snapshot(layers):
-    """The state of BatchRenormalization `layers` that a training-mode call changes."""
-    return [{name: ops.convert_to_numpy(getattr(layer, name)) for name in _STATE}
-            | {"momentum": layer.momentum} for layer in layers]
+    A training-mode call moves a normalization layer's moving statistics and
+    counters (its non-trainable variables); recalibration also changes its
+    update rate (`momentum`). Both are saved on entry and put back on exit,
+    even when the block raises, so that probing a model in training mode
+    leaves the training run as it was.
 
+        with br.untouched(br.renorm_layers(model)):
+            outputs = model(images, training=True)
 
-def restore_layers(layers, saved_states):
-    """Puts back the state that `snapshot(layers)` returned."""
-    for layer, saved in zip(layers, saved_states):
-        layer.momentum = saved["momentum"]
-        for name in _STATE:
-            getattr(layer, name).assign(saved[name])
-
-
-def restore(model, saved_states):
-    """Puts back the state that `recalibrate` returned."""
-    restore_layers(renorm_layers(model), saved_states)
+    Args:
+        layers: Keras layers, for example `brlib.renorm_layers(model)`.
+    """
+    layers = list(layers)
+    variables = [(v, ops.convert_to_numpy(v)) for layer in layers
+                 for v in layer.non_trainable_variables]
+    momenta = [(layer, layer.momentum) for layer in layers if hasattr(layer, "momentum")]
+    try:
+        yield layers
+    finally:
+        for variable, value in variables:
+            variable.assign(value)
+        for layer, momentum in momenta:
+            layer.momentum = momentum
 
 
 def recalibrate(model, batches, forward=None, passes=None):
@@ -51,7 +57,8 @@ def recalibrate(model, batches, forward=None, passes=None):
 
     Only µ and σ change; everything else the passes touch (the clip
     fractions, the update rate) is put back. To evaluate a recalibrated model
-    and return to the running one, use `recalibrated` or `restore`.
+    and return to the running one, use `recalibrated`, or call this inside
+    `untouched(renorm_layers(model))`.
 
     Args:
         model: A Keras model holding BatchRenormalization layers, at any depth.
@@ -65,7 +72,7 @@ def recalibrate(model, batches, forward=None, passes=None):
             norm, else the number of layers.
 
     Returns:
-        The layers' state before recalibration, for `restore`.
+        The model.
 
     Reference:
         Yuxin Wu and Justin Johnson, "Rethinking 'Batch' in BatchNorm",
@@ -78,19 +85,19 @@ def recalibrate(model, batches, forward=None, passes=None):
     if not inputs:
         raise ValueError("`batches` must hold at least one batch; got none.")
     forward = forward or (lambda x: model(x, training=True))
-    before = snapshot(layers)
     if passes is None:
-        passes = 1 if all(s["rmax"] == 1 and s["dmax"] == 0 for s in before) else len(layers)
-    statistics = [(s["moving_mean"], s["moving_stddev"]) for s in before]
-    try:
+        batch_norm = all(ops.convert_to_numpy(layer.rmax) == 1
+                         and ops.convert_to_numpy(layer.dmax) == 0 for layer in layers)
+        passes = 1 if batch_norm else len(layers)
+    statistics = [(ops.convert_to_numpy(layer.moving_mean),
+                   ops.convert_to_numpy(layer.moving_stddev)) for layer in layers]
+    with untouched(layers):
         for layer in layers:
             layer.momentum = 0.0  # α = 1: after a pass, µ and σ hold that step's statistics
         for _ in range(passes):
             statistics = _average_step_statistics(layers, inputs, forward, statistics)
-    finally:
-        restore(model, before)
     _assign(layers, statistics)
-    return before
+    return model
 
 
 def _assign(layers, statistics):
@@ -119,8 +126,5 @@ def recalibrated(model, batches, forward=None):
         with br.recalibrated(model, batches):
             accuracy = evaluate(model)
     """
-    before = recalibrate(model, batches, forward)
-    try:
-        yield model
-    finally:
-        restore(model, before)
+    with untouched(renorm_layers(model)):
+        yield recalibrate(model, batches, forward)

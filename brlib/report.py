@@ -8,6 +8,7 @@ fails when the committed one differs. Reads results only (no TensorFlow).
 from pathlib import Path
 
 from brlib import results
+from brlib.protocol import ARMS, REPORTED
 
 # The ablations, each beside the arm it changes one thing of.
 TWINS = {"batchnorm_seedbug": "batchnorm", "batchrenorm_seedbug": "batchrenorm",
@@ -24,33 +25,29 @@ than the half-width of its interval (`brlib.results.steady_state`). The notebook
 """
 
 
-def _settings_line(settings):
-    groups = settings["minibatch_size"] // settings["microbatch_size"]
-    return (f"{settings['dataset']}, {settings['steps']} steps of {settings['minibatch_size']} "
-            f"examples ({groups} × {settings['microbatch_size']}), widths "
-            f"{tuple(settings['widths'])}, sampling {settings['sampling']}, "
-            f"{_threads(settings)}; final value = mean of the last "
-            f"{settings['final_evaluations']} evaluations.")
+def _settings_line(preset):
+    groups = preset.minibatch_size // preset.microbatch_size
+    threads = ("TensorFlow's default thread count" if preset.threads is None  # older results
+               else f"{preset.threads} thread{'s' if preset.threads > 1 else ''} per run")
+    return (f"{preset.dataset}, {preset.steps} steps of {preset.minibatch_size} "
+            f"examples ({groups} × {preset.microbatch_size}), widths "
+            f"{tuple(preset.widths)}, sampling {preset.sampling}, "
+            f"{threads}; final value = mean of the last "
+            f"{preset.final_evaluations} evaluations.")
 
 
-def _threads(settings):
-    if "threads" not in settings:  # results from before the count was fixed
-        return "TensorFlow's default thread count"
-    return f"{settings['threads']} thread{'s' if settings['threads'] > 1 else ''} per run"
-
-
-def _ablation_table(loaded, last):
+def _ablation_table(loaded):
     lines = ["| ablation | seeds | − its twin, moving averages | − its twin, recalibrated | "
              "steady |", "|---|---|---|---|---|"]
     for arm, twin in TWINS.items():
         if arm not in loaded or twin not in loaded:
             continue
-        cells = [f"{results.ARMS[arm].label} − {results.ARMS[twin].label}"]
-        diffs = [results.paired_difference(loaded, arm, twin, column, last)
+        cells = [f"{ARMS[arm].label} − {ARMS[twin].label}"]
+        diffs = [results.paired_difference(loaded, arm, twin, column)
                  for column in ("val_accuracy", "val_accuracy_recalibrated")]
         cells.append(str(diffs[0].seeds))
         cells += [results.format_difference(diff) for diff in diffs]
-        steady = [results.steady_state(loaded, arm, twin, column, last)
+        steady = [results.steady_state(loaded, arm, twin, column)
                   for column in ("val_accuracy", "val_accuracy_recalibrated")]
         cells.append(", ".join(map(str, steady)))
         lines.append("| " + " | ".join(cells) + " |")
@@ -60,21 +57,18 @@ def _ablation_table(loaded, last):
 def preset_section(results_dir, preset):
     """The Markdown section of one preset's results."""
     loaded = results.load_results(results_dir, preset)
-    settings = results.load_settings(results_dir, preset)
-    last = settings["final_evaluations"]
-    pairs = settings["sampling"] == "pairs"
-    parts = [f"## `{preset}`", _settings_line(settings)]
-    if pairs:
-        parts += ["Beside the paper's Figure 3:", results.format_noniid_table(loaded, last),
+    parts = [f"## `{preset}`", _settings_line(loaded.preset)]
+    if loaded.preset.sampling == "pairs":
+        parts += ["Beside the paper's Figure 3:", results.format_noniid_table(loaded),
                   "Paired differences to batch norm over the paired groups:",
-                  results.format_table(loaded, last)]
+                  results.format_table(loaded)]
     else:
-        main = {arm: curves for arm, curves in loaded.items() if arm not in TWINS}
+        main = loaded.only([arm for arm in loaded if arm not in TWINS])
         parts += ["Final accuracies and paired differences to batch norm over the same "
-                  "microbatches:", results.format_table(main, last),
+                  "microbatches:", results.format_table(main),
                   "Within each arm, paired by seed: the train/inference mismatch and the lag "
-                  "of the moving averages:", results.format_mismatch_table(loaded, last)]
-        ablations = _ablation_table(loaded, last)
+                  "of the moving averages:", results.format_mismatch_table(loaded)]
+        ablations = _ablation_table(loaded)
         if ablations:
             parts += ["Ablations, each against its twin:", ablations]
     return "\n\n".join(parts)
@@ -85,18 +79,38 @@ def pairing_section(results_dir, presets):
     sweep = [p for p in presets if p == "glyphs" or p.startswith("glyphs_classes")]
     if not sweep:
         return None
-    found = [gap for preset in ("noniid", *sweep) if preset in presets
-             for gap in results.gaps(results_dir, preset)]
+    loaded = {preset: results.load_results(results_dir, preset)
+              for preset in ("noniid", *sweep) if preset in presets}
+    found = [gap for preset in loaded for gap in results.gaps(loaded[preset])]
     found.sort(key=lambda gap: (gap.name, gap.classes, gap.preset))
     parts = ["## Figure 3 against the number of classes",
              "Paired − i.i.d. differences in test accuracy (moving averages) of the glyph "
              "presets, which differ only in the number of classes, and of Fashion-MNIST's "
              "`noniid` preset (another network and schedule):", results.format_gaps(found)]
-    ablations = results.gaps(results_dir, "glyphs", results.RAW_LOGIT_GAPS
-                             + results.UNCLIPPED_GAPS) if "glyphs" in presets else []
+    ablations = (results.gaps(loaded["glyphs"], results.RAW_LOGIT_GAPS + results.UNCLIPPED_GAPS)
+                 if "glyphs" in loaded else [])
     if ablations:
         parts += ["Ablations on `glyphs` (300 classes):", results.format_gaps(ablations)]
     return "\n\n".join(parts)
+
+
+_SOURCES = {"paper": "Ioffe (2017), ImageNet, Inception-v3, minibatches of 1600",
+            "student": "student reproduction, CIFAR-100, 1600 = 800 × 2"}
+_QUANTITIES = {"test": "validation, moving averages", "training": "training accuracy",
+               "minibatch": "validation, minibatch statistics"}
+
+
+def reported_section():
+    """The numbers this project is compared with, from `brlib.protocol.REPORTED`."""
+    lines = ["| figure | source | arm here | quantity | reported (%) | note |",
+             "|---|---|---|---|---|---|"]
+    for number in REPORTED:
+        lines.append(f"| {number.figure.replace('figure', 'Figure ')} | {_SOURCES[number.source]} | "
+                     f"{ARMS[number.arm].label} | {_QUANTITIES[number.quantity]} | "
+                     f"{number.percent:.1f} | {number.note or '—'} |")
+    return "\n\n".join(["## Reported numbers",
+                         "What the paper and the student reproduction reported, beside which the "
+                         "figures and tables set this project's results:", "\n".join(lines)])
 
 
 def generate(results_dir):
@@ -106,6 +120,7 @@ def generate(results_dir):
                      for path in Path(results_dir).glob(f"*/{results.SETTINGS_FILE}"))
     sections = [preset_section(results_dir, p) for p in presets]
     sections.append(pairing_section(results_dir, presets))
+    sections.append(reported_section())
     return "\n\n".join([_HEADER.strip()] + [s for s in sections if s]) + "\n"
 
 

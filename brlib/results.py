@@ -1,10 +1,12 @@
-"""Result files and their statistics: the arms, CSVs, settings, and paired differences.
+"""Result files and their statistics: CSVs, settings, `Results`, and paired differences.
 
 Everything that reads or writes experiment results lives here, without
 TensorFlow, so that figures and notebooks that only read results load fast
-and the runner and the plots agree on one format.
+and the runner and the plots agree on one format. What the arms and presets
+are is `brlib.protocol`'s.
 """
 
+import collections.abc
 import csv
 import dataclasses
 import io
@@ -14,6 +16,8 @@ import re
 from pathlib import Path
 
 import numpy as np
+
+from brlib.protocol import ARMS, PRESETS, Preset, check_arms, reported
 
 # What every evaluation records. `train_accuracy` is the training-mode accuracy on the
 # training minibatches since the last evaluation; `val_accuracy_minibatch_stats` is the
@@ -29,102 +33,7 @@ COLUMNS = ["step", "val_accuracy", "val_loss", "val_accuracy_recalibrated",
            "train_accuracy", "val_accuracy_minibatch_stats", "train_loss_inference",
            "train_accuracy_inference", "test_examples"]
 INTEGER_COLUMNS = ("step", "test_examples")
-BASELINE_GROUP = 32  # each of the paper's workers normalized its own 32 examples
 SETTINGS_FILE = "settings.json"
-
-
-@dataclasses.dataclass(frozen=True)
-class Arm:
-    """One way of normalizing, trained on the same minibatches as the others.
-
-    Attributes:
-        name: The arm's key in file names and on the command line.
-        label: How figures and tables name it.
-        color: Its matplotlib colour.
-        renorm: Whether rmax and dmax are opened (batch renorm) or kept at
-            1 and 0 (batch norm).
-        group: Examples normalized together; None means the preset's microbatch.
-        alpha: Update rate of the moving statistics; None means the preset's.
-        ramp: Whether rmax and dmax follow the preset's warm-up and ramp, or
-            sit at their final values from step 0.
-        sampling: "iid" to train on shuffled epochs whatever the preset
-            samples; None means the preset's sampling.
-        layer: "renorm" for brlib's layer (batch norm or renorm), or
-            "groupnorm" for Keras's GroupNormalization, which does not look
-            at other examples at all.
-        clipped: Whether renorm's r and d are clipped to the schedule's
-            bounds; False opens them to infinity when the warm-up ends, so
-            that the training output equals the inference output.
-        logit_norm: Whether the last normalization layer (`norm4`, over the
-            class scores) is kept; False replaces it with the identity.
-    """
-
-    name: str
-    label: str
-    color: str
-    renorm: bool = False
-    group: int | None = None
-    alpha: float | None = None
-    ramp: bool = True
-    sampling: str | None = None
-    layer: str = "renorm"
-    clipped: bool = True
-    logit_norm: bool = True
-
-
-STUDENT_ALPHA = 0.99  # the student code's moving-average rate, instead of the paper's 0.01
-
-ARMS = {arm.name: arm for arm in (
-    Arm("batchnorm", "Batchnorm", "tab:blue"),
-    Arm("batchrenorm", "Batch Renorm", "tab:red", renorm=True),
-    Arm("baseline", "Batchnorm, groups of 32", "tab:gray", group=BASELINE_GROUP),
-    Arm("batchnorm_seedbug", "Batchnorm, α = 0.99", "tab:cyan", alpha=STUDENT_ALPHA),
-    Arm("batchrenorm_seedbug", "Batch Renorm, α = 0.99", "tab:pink", renorm=True,
-        alpha=STUDENT_ALPHA),
-    Arm("batchrenorm_noramp", "Batch Renorm, no ramp", "tab:orange", renorm=True, ramp=False),
-    # Figure 3 (non-i.i.d. pairs): the paper's control that normalizes the two halves
-    # of each group of 32 apart, each half holding one example of every pair; batch
-    # norm on i.i.d. groups for reference; and a normalization without batch statistics.
-    Arm("batchnorm_halves", "Batchnorm, two halves of 16", "tab:purple", group=16),
-    Arm("batchnorm_iid", "Batchnorm, i.i.d. groups", "tab:gray", sampling="iid"),
-    Arm("groupnorm", "GroupNorm", "tab:green", layer="groupnorm"),
-    # Many classes (the glyph presets): renorm's own paired − i.i.d. gap, and ablations
-    # of renorm's failure to repair pairing there: no clipping at all, and no
-    # normalization of the class scores.
-    Arm("batchrenorm_iid", "Batch Renorm, i.i.d. groups", "tab:brown", renorm=True,
-        sampling="iid"),
-    Arm("batchrenorm_unclipped", "Batch Renorm, rmax = dmax = ∞", "tab:olive", renorm=True,
-        clipped=False),
-    Arm("batchnorm_rawlogits", "Batchnorm, no norm4", "tab:blue", logit_norm=False),
-    Arm("batchnorm_iid_rawlogits", "Batchnorm, i.i.d. groups, no norm4", "tab:gray",
-        sampling="iid", logit_norm=False),
-    Arm("batchrenorm_rawlogits", "Batch Renorm, no norm4", "tab:red", renorm=True,
-        logit_norm=False),
-    # A normalization that never looks at other examples, on i.i.d. groups: with `groupnorm`
-    # on pairs, what pairing costs through the sampling alone.
-    Arm("groupnorm_iid", "GroupNorm, i.i.d. groups", "yellowgreen", layer="groupnorm",
-        sampling="iid"),
-)}
-DEFAULT_ARMS = ("batchnorm", "batchrenorm", "baseline")
-ABLATIONS = ("batchnorm_seedbug", "batchrenorm_seedbug", "batchrenorm_noramp")
-NONIID_ARMS = ("batchnorm", "batchnorm_halves", "batchrenorm", "batchnorm_iid")
-# The many-class presets' extra arms: renorm's own i.i.d. control and the ablations.
-NONIID_ABLATIONS = ("batchrenorm_iid", "batchrenorm_unclipped", "batchnorm_rawlogits",
-                    "batchnorm_iid_rawlogits", "batchrenorm_rawlogits", "groupnorm_iid")
-
-
-def default_arms(sampling="iid"):
-    """The arms a preset runs and draws by default: Figure 2's, or Figure 3's for pairs."""
-    return NONIID_ARMS if sampling == "pairs" else DEFAULT_ARMS
-
-
-def check_arms(arms):
-    """`arms` as a list, or a ValueError naming the allowed arms."""
-    arms = list(arms)
-    bad = [arm for arm in arms if arm not in ARMS]
-    if bad or not arms:
-        raise ValueError(f"`arms` must be a non-empty subset of {list(ARMS)}; got {arms}.")
-    return arms
 
 
 # ---------------------------------------------------------------------------
@@ -254,10 +163,61 @@ class Curves:
         return self.columns[column]
 
 
+class Results(collections.abc.Mapping):
+    """One preset's results: {arm: Curves} in `ARMS` order, and the preset that trained them.
+
+    A read-only mapping from arm name to `Curves`, with `.preset`, the
+    `brlib.protocol.Preset` that the results directory records. The tables,
+    the figures and the paired differences read the preset's
+    `final_evaluations` (how many last evaluations make a run's final
+    accuracy) from it.
+    """
+
+    def __init__(self, preset, curves):
+        if not isinstance(preset, Preset):
+            raise TypeError(f"`preset` must be a brlib.protocol.Preset; got {type(preset).__name__}.")
+        self.preset = preset
+        self._curves = {arm: curves[arm] for arm in ARMS if arm in curves}
+        unknown = set(curves) - set(self._curves)
+        if unknown:
+            raise ValueError(f"`curves` has arms that are not in ARMS: {sorted(unknown)}.")
+
+    def __getitem__(self, arm):
+        return self._curves[arm]
+
+    def __iter__(self):
+        return iter(self._curves)
+
+    def __len__(self):
+        return len(self._curves)
+
+    def __repr__(self):
+        return f"Results(preset={self.preset.name!r}, arms={list(self)})"
+
+    @property
+    def last(self):
+        """How many last evaluations make a run's final accuracy (the preset's `final_evaluations`)."""
+        return self.preset.final_evaluations
+
+    def final(self, arm, column="val_accuracy"):
+        """Per seed, `column` of `arm` at the end of the run, in %: the mean of its last
+        `last` evaluations."""
+        return 100 * final_values(self[arm][column], self.last)
+
+    def only(self, arms):
+        """The same results with only `arms` (those of them that have results), in ARMS order."""
+        return Results(self.preset, {arm: self[arm] for arm in check_arms(arms) if arm in self})
+
+
 def load_results(results_dir, preset_name, arms=None):
-    """{arm: Curves} for the arms with result CSVs on disk, in ARMS order."""
+    """The `Results` of one preset: the arms with result CSVs on disk, and their preset.
+
+    The preset is the one the directory's settings.json records; a directory
+    without it (results copied by hand) is read with the named preset's
+    current settings, which must then exist.
+    """
     results = {}
-    for arm in arms or ARMS:
+    for arm in check_arms(arms) if arms is not None else ARMS:
         # "batchnorm_seed*" would also match batchnorm_seedbug's files: match exactly.
         pattern = re.compile(rf"{re.escape(arm)}_seed(\d+)\.csv")
         found = {int(m.group(1)): path for path in Path(results_dir, preset_name).glob("*.csv")
@@ -273,7 +233,19 @@ def load_results(results_dir, preset_name, arms=None):
     if not results:
         raise FileNotFoundError(f"no result CSVs in {Path(results_dir, preset_name)}; "
                                 f"run `python -m brlib reproduce --preset {preset_name}` first")
-    return results
+    return Results(load_preset(results_dir, preset_name), results)
+
+
+def load_preset(results_dir, preset_name):
+    """The preset that trained a results directory: its settings.json (with the named
+    preset's values for settings it lacks), else `PRESETS[name]`."""
+    settings = load_settings(results_dir, preset_name)
+    if settings is not None:
+        return Preset.from_settings(settings, base=PRESETS.get(preset_name))
+    if preset_name not in PRESETS:
+        raise FileNotFoundError(f"{Path(results_dir, preset_name, SETTINGS_FILE)} is missing, and "
+                                f"{preset_name!r} is not one of the presets {sorted(PRESETS)}")
+    return PRESETS[preset_name]
 
 
 def final_values(values, last):
@@ -326,15 +298,22 @@ class Difference:
         return self.low > 0 or self.high < 0
 
 
-def paired_difference(results, arm, reference, column="val_accuracy", last=1):
-    """`arm` minus `reference` over the seeds both have, with a 95 % t-interval, in points."""
+def paired_difference(results, arm, reference, column="val_accuracy"):
+    """`arm` minus `reference` over the seeds both have, with a 95 % t-interval, in points.
+
+    Args:
+        results: `Results` of one preset; a run's final value is the mean of
+            its last `results.last` evaluations.
+        arm, reference: Arm names that have results.
+        column: The recorded quantity compared.
+    """
     a, b = results[arm], results[reference]
     common = sorted(set(a.seeds) & set(b.seeds))
     if not common:
         raise ValueError(f"arms {arm!r} and {reference!r} share no seed")
-    pick = lambda curves: final_values(curves[column], last)[[curves.seeds.index(s)
-                                                              for s in common]]
-    mean, sd, (low, high) = t_interval(100 * (pick(a) - pick(b)))
+    pick = lambda name: results.final(name, column)[[results[name].seeds.index(s)
+                                                      for s in common]]
+    mean, sd, (low, high) = t_interval(pick(arm) - pick(reference))
     return Difference(arm, reference, column, len(common), mean, sd, low, high)
 
 
@@ -368,12 +347,12 @@ def format_difference(diff):
     return f"{diff.mean:+.2f} [{diff.low:+.2f}, {diff.high:+.2f}]{mark}"
 
 
-def steady_state(results, arm, reference, column="val_accuracy", last=1):
+def steady_state(results, arm, reference, column="val_accuracy"):
     """Whether the difference `arm` − `reference` has settled, against its own uncertainty.
 
     With D(t) the seed mean of the paired difference at evaluation t (the
     seeds both arms have) and D the difference reported (the mean of the last
-    `last` evaluations), the drift is the largest |D(t) − D| over the
+    `results.last` evaluations), the drift is the largest |D(t) − D| over the
     evaluations in the last quarter of the run. The comparison is read at a
     steady state when the drift is no larger than the half-width of D's 95 %
     interval: over the last quarter the difference moved no more than the
@@ -388,14 +367,14 @@ def steady_state(results, arm, reference, column="val_accuracy", last=1):
     pick = lambda curves: 100 * np.asarray(curves[column])[[curves.seeds.index(s)
                                                             for s in common]]
     deltas = pick(a) - pick(b)  # (seeds, evaluations)
-    reported = final_values(deltas, last)
+    reported = final_values(deltas, results.last)
     in_last_quarter = a.steps >= 0.75 * a.steps[-1]
     drift = float(np.max(np.abs(deltas.mean(axis=0)[in_last_quarter] - reported.mean())))
     _, _, (low, high) = t_interval(reported)
     return Steadiness(arm, reference, column, drift, (high - low) / 2)
 
 
-def format_table(results, last, reference="batchnorm"):
+def format_table(results, reference="batchnorm"):
     """A Markdown table of each arm's final accuracy and its paired difference to `reference`.
 
     The last column checks each difference for a steady state (`steady_state`):
@@ -409,28 +388,38 @@ def format_table(results, last, reference="batchnorm"):
     for arm, curves in results.items():
         cells = [ARMS[arm].label, str(len(curves.seeds))]
         for column in ("val_accuracy", "val_accuracy_recalibrated"):
-            mean, sd, _ = t_interval(100 * final_values(curves[column], last))
+            mean, sd, _ = t_interval(results.final(arm, column))
             cells.append(f"{mean:.2f} ± {sd:.2f}")
         for column in ("val_accuracy", "val_accuracy_recalibrated"):
             if arm == reference or reference not in results:
                 cells.append("—")
                 continue
-            cells.append(format_difference(paired_difference(results, arm, reference,
-                                                             column, last)))
+            cells.append(format_difference(paired_difference(results, arm, reference, column)))
         if arm == reference or reference not in results:
             cells.append("—")
         else:
-            steady = [steady_state(results, arm, reference, column, last)
+            steady = [steady_state(results, arm, reference, column)
                       for column in ("val_accuracy", "val_accuracy_recalibrated")]
             cells.append(", ".join(map(str, steady)))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
-# Ioffe (2017), Figure 3, for the arms of the non-i.i.d. experiment (%): training
-# accuracy, validation with moving averages, validation with minibatch statistics.
-PAPER_NONIID = {"batchnorm": ("72.8", "67.0", "76.5"), "batchnorm_halves": ("", "77.4", ""),
-                "batchrenorm": ("", "78.6", ""), "batchnorm_iid": ("", "78.3 (Figure 1)", "")}
+# The paper's Figure 3 columns beside the table: training, test with moving averages,
+# test with minibatch statistics.
+_PAPER_QUANTITIES = ("training", "test", "minibatch")
+
+
+def _paper_cell(arm):
+    """The paper's Figure 3 numbers of `arm`, as "training / test / minibatch stats"."""
+    cells = []
+    for quantity in _PAPER_QUANTITIES:
+        found = reported("figure3", "paper", arm, quantity)
+        cells.append(" ".join(f"{n.percent:.1f}" + (" (Figure 1)" if "Figure 1" in n.note else "")
+                              for n in found) or "—")
+    return " / ".join(cells)
+
+
 NONIID_COLUMNS = (("train_accuracy", "training"),
                   ("train_accuracy_inference", "training examples, inference network"),
                   ("val_accuracy", "test, moving averages"),
@@ -438,14 +427,13 @@ NONIID_COLUMNS = (("train_accuracy", "training"),
                   ("val_accuracy_minibatch_stats", "test, minibatch statistics"))
 
 
-def within_arm_difference(curves, column, reference, last):
+def within_arm_difference(results, arm, column, reference):
     """`column` minus `reference` of one arm, paired by seed: (mean, (low, high)) in points."""
-    mean, _, interval = t_interval(100 * (final_values(curves[column], last)
-                                          - final_values(curves[reference], last)))
+    mean, _, interval = t_interval(results.final(arm, column) - results.final(arm, reference))
     return mean, interval
 
 
-def format_noniid_table(results, last):
+def format_noniid_table(results):
     """A Markdown table of the non-i.i.d. experiment beside the paper's Figure 3 numbers.
 
     Every accuracy is mean ± sd over seeds; below the table, each arm's
@@ -464,15 +452,15 @@ def format_noniid_table(results, last):
             if column not in curves.columns:
                 cells.append("—")
                 continue
-            mean, sd, _ = t_interval(100 * final_values(curves[column], last))
+            mean, sd, _ = t_interval(results.final(arm, column))
             cells.append(f"{mean:.2f} ± {sd:.2f}")
-        cells.append(" / ".join(value or "—" for value in PAPER_NONIID.get(arm, ("", "", ""))))
+        cells.append(_paper_cell(arm))
         lines.append("| " + " | ".join(cells) + " |")
     lines.append("")
     for arm, curves in results.items():
-        gap, (low, high) = within_arm_difference(curves, "train_accuracy", "val_accuracy", last)
-        gain, (g_low, g_high) = within_arm_difference(curves, "val_accuracy_minibatch_stats",
-                                                      "val_accuracy", last)
+        gap, (low, high) = within_arm_difference(results, arm, "train_accuracy", "val_accuracy")
+        gain, (g_low, g_high) = within_arm_difference(results, arm, "val_accuracy_minibatch_stats",
+                                                      "val_accuracy")
         lines.append(f"- {ARMS[arm].label}: training − test {gap:+.2f} [{low:+.2f}, {high:+.2f}]; "
                      f"minibatch statistics − moving averages {gain:+.2f} [{g_low:+.2f}, {g_high:+.2f}]")
     return "\n".join(lines)
@@ -485,7 +473,7 @@ WITHIN_ARM = (("mismatch", "val_accuracy", "val_accuracy_minibatch_stats",
                "recalibrated − moving averages"))
 
 
-def format_mismatch_table(results, last):
+def format_mismatch_table(results):
     """A Markdown table of each arm's train/inference mismatch and lag, with 95 % intervals.
 
     The mismatch is the test accuracy of the inference model (moving
@@ -503,7 +491,7 @@ def format_mismatch_table(results, last):
         cells = [ARMS[arm].label, str(len(curves.seeds))]
         for column in ("train_accuracy", "val_accuracy_minibatch_stats"):
             if column in curves.columns:
-                mean, sd, _ = t_interval(100 * final_values(curves[column], last))
+                mean, sd, _ = t_interval(results.final(arm, column))
                 cells.append(f"{mean:.2f} ± {sd:.2f}")
             else:
                 cells.append("—")
@@ -511,7 +499,7 @@ def format_mismatch_table(results, last):
             if column not in curves.columns or reference not in curves.columns:
                 cells.append("—")
                 continue
-            mean, (low, high) = within_arm_difference(curves, column, reference, last)
+            mean, (low, high) = within_arm_difference(results, arm, column, reference)
             cells.append(f"{mean:+.2f} [{low:+.2f}, {high:+.2f}]")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -539,20 +527,6 @@ UNCLIPPED_GAPS = (("batch renorm, rmax = dmax = ∞ − batch renorm", "batchren
                    "batchrenorm"),
                   ("batch renorm, rmax = dmax = ∞, on pairs − batch norm i.i.d.",
                    "batchrenorm_unclipped", "batchnorm_iid"))
-_CLASSES = {"fashion_mnist": 10, "cifar10": 10, "cifar100": 100}
-
-
-def classes_of(dataset):
-    """The number of classes of a dataset name: glyphs<N> has N."""
-    match = re.fullmatch(r"glyphs([1-9][0-9]*)", dataset)
-    if match:
-        return int(match.group(1))
-    if dataset not in _CLASSES:
-        raise ValueError(f"`dataset` must be glyphs<N> or one of {sorted(_CLASSES)}; "
-                         f"got dataset={dataset!r}.")
-    return _CLASSES[dataset]
-
-
 @dataclasses.dataclass(frozen=True)
 class Gap:
     """One named paired difference of a preset, with its steady-state check."""
@@ -564,18 +538,22 @@ class Gap:
     steadiness: Steadiness
 
 
-def gaps(results_dir, preset, named=PAIRING_GAPS, column="val_accuracy"):
-    """The named differences of `preset` whose two arms have results, as a list of Gap.
+def gaps(results, named=PAIRING_GAPS, column="val_accuracy"):
+    """The named differences whose two arms have results, as a list of Gap.
+
+    Args:
+        results: `Results` of one preset.
+        named: (name, arm, reference) triples, such as `PAIRING_GAPS`.
+        column: The recorded quantity compared.
 
     Each is paired over the seeds both arms have, from the mean of the preset's
     last `final_evaluations` evaluations, with its steady-state check.
     """
-    loaded = load_results(results_dir, preset)
-    settings = load_settings(results_dir, preset)
-    last, classes = settings["final_evaluations"], classes_of(settings["dataset"])
-    return [Gap(name, preset, classes, paired_difference(loaded, arm, reference, column, last),
-                steady_state(loaded, arm, reference, column, last))
-            for name, arm, reference in named if arm in loaded and reference in loaded]
+    preset = results.preset
+    return [Gap(name, preset.name, preset.classes,
+                paired_difference(results, arm, reference, column),
+                steady_state(results, arm, reference, column))
+            for name, arm, reference in named if arm in results and reference in results]
 
 
 def format_gaps(found):

@@ -6,7 +6,8 @@ sees the same minibatches as an uninterrupted one.
 
 import numpy as np
 
-WORKER = 32  # examples per worker, and per normalization group, in the paper's Figure 3
+from brlib.protocol import GROUP  # examples per worker, and per normalization group, in Figure 3
+
 # Tags keep the random streams of the samplers apart for the same (seed, step).
 _PAIRS, _TEST_PAIRS, _CALIBRATION_PAIRS, _TEST_GROUPS = 11, 13, 17, 19
 
@@ -39,7 +40,7 @@ def indices_by_class(labels):
     return by_class
 
 
-def paired_groups(by_class, rng, groups, group_size=WORKER):
+def paired_groups(by_class, rng, groups, group_size=GROUP):
     """`groups` groups of `group_size` examples built as pairs of one label each.
 
     Each group holds group_size / 2 labels drawn uniformly with replacement
@@ -61,14 +62,14 @@ def paired_groups(by_class, rng, groups, group_size=WORKER):
     return np.concatenate([pick(classes, first), pick(classes, second)], axis=1).ravel()
 
 
-def paired_minibatch(by_class, seed, step, minibatch_size, group_size=WORKER):
+def paired_minibatch(by_class, seed, step, minibatch_size, group_size=GROUP):
     """The training minibatch of `step`: minibatch_size / group_size paired groups."""
     _check_groups(minibatch_size, group_size)
     rng = np.random.default_rng([seed, step, _PAIRS])
     return paired_groups(by_class, rng, minibatch_size // group_size, group_size)
 
 
-def paired_batches(by_class, seed, count, group_size=WORKER, purpose="test"):
+def paired_batches(by_class, seed, count, group_size=GROUP, purpose="test"):
     """`count` fixed batches of one paired group each, for evaluation or recalibration."""
     tag = {"test": _TEST_PAIRS, "calibration": _CALIBRATION_PAIRS}[purpose]
     rng = np.random.default_rng([seed, tag])
@@ -83,7 +84,7 @@ def _check_groups(minibatch_size, group_size):
                          f"size {group_size}.")
 
 
-def same_label_partners(labels, group_size=WORKER):
+def same_label_partners(labels, group_size=GROUP):
     """For each example of each group, how many others in its group share its label.
 
     `labels` is an array of shape (groups, group_size). Used to compare the

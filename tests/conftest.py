@@ -8,6 +8,7 @@ process need the same count the presets use.
 import keras
 
 if keras.backend.backend() == "tensorflow":
-    from brlib.experiment import DEFAULT_THREADS, fix_threads
+    from brlib.experiment import fix_threads
+    from brlib.protocol import DEFAULT_THREADS
 
     fix_threads(DEFAULT_THREADS)

@@ -20,9 +20,9 @@ os.environ["TF_CONFIG"] = json.dumps({
 
 from toy import TINY, tiny_data  # noqa: E402
 
-from brlib import experiment  # noqa: E402
+from brlib import experiment, protocol  # noqa: E402
 
-preset = experiment.get_preset("quick", **dict(TINY, dropout=0.0, optimizer="sgd",
+preset = protocol.get_preset("quick", **dict(TINY, dropout=0.0, optimizer="sgd",
                                                 learning_rate=0.05, steps=steps, eval_every=10))
 experiment.fix_threads(preset.threads)  # before the strategy starts TensorFlow
 strategy = experiment.multi_worker_strategy(timeout)

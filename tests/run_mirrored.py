@@ -8,9 +8,9 @@ tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfigur
 
 from toy import TINY, tiny_data  # noqa: E402
 
-from brlib import experiment  # noqa: E402
+from brlib import experiment, protocol  # noqa: E402
 
-preset = experiment.get_preset("quick", **dict(TINY, dropout=0.0, learning_rate=1e-2,
+preset = protocol.get_preset("quick", **dict(TINY, dropout=0.0, learning_rate=1e-2,
                                                 lr_decay_start=None, lr_decay_end=None))
 
 

@@ -22,13 +22,13 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from toy import TINY, tiny_data  # noqa: E402
 
-from brlib import experiment  # noqa: E402
+from brlib import experiment, protocol  # noqa: E402
 
 STEPS = 6
-experiment.fix_threads(experiment.DEFAULT_THREADS)  # before TensorFlow starts
+experiment.fix_threads(protocol.DEFAULT_THREADS)  # before TensorFlow starts
 strategy = tf.distribute.MultiWorkerMirroredStrategy()
 assert strategy.num_replicas_in_sync == 2
-preset = experiment.get_preset("quick", **dict(TINY, dropout=0.0, optimizer="sgd",
+preset = protocol.get_preset("quick", **dict(TINY, dropout=0.0, optimizer="sgd",
                                                 learning_rate=0.05))
 data = tiny_data()
 run = experiment.Run(preset, "batchrenorm", 0, data, strategy)

@@ -9,11 +9,11 @@ import sys
 
 from toy import TINY, tiny_data
 
-from brlib import experiment
+from brlib import experiment, protocol
 
 def main():
     results, steps = sys.argv[1], int(sys.argv[2])
-    preset = experiment.get_preset("quick", **dict(TINY, steps=steps, eval_every=10))
+    preset = protocol.get_preset("quick", **dict(TINY, steps=steps, eval_every=10))
     try:
         experiment.reproduce(preset, ["batchnorm", "batchrenorm"], results_dir=results,
                              dataset=tiny_data(), jobs=2, verbose=False)

@@ -2,7 +2,6 @@
 
 import csv
 import json
-import math
 import os
 import signal
 import subprocess
@@ -15,58 +14,9 @@ import pytest
 from toy import TINY, tiny_data
 
 from brlib import __main__ as cli
-from brlib import experiment, results
+from brlib import experiment, protocol, results
 
 TESTS = Path(__file__).resolve().parent
-
-
-def test_presets_follow_the_protocols():
-    seed = experiment.get_preset("seed")
-    assert (seed.minibatch_size, seed.microbatch_size, seed.steps, seed.seeds) == (1600, 2, 9300, 5)
-    assert (seed.rmax_final, seed.dmax_final, seed.warmup_steps) == (1.5, 0.5, 20 * 31)
-    assert (seed.alpha, seed.lr_decay_start) == (0.01, None)  # constant Adam 1e-4
-    paper = experiment.get_preset("paper")
-    # The paper's 5k/160k, 40k/160k and 25k/160k, scaled to the run's length.
-    assert paper.microbatch_size == 4 and (paper.rmax_final, paper.dmax_final) == (3.0, 5.0)
-    np.testing.assert_allclose([paper.warmup_steps, paper.rmax_steps, paper.dmax_steps],
-                               np.array([5, 40, 25]) / 160 * paper.steps, atol=1)
-    seed_fmnist = experiment.get_preset("seed_fmnist")
-    assert seed_fmnist.dataset == "fashion_mnist"
-    assert seed_fmnist.settings() | {"name": "", "dataset": ""} == seed.settings() | {
-        "name": "", "dataset": ""}
-
-
-@pytest.mark.parametrize("name, min_seeds, microbatch", [
-    ("quick", 5, 2), ("cpu", 10, 2), ("noniid_quick", 5, 32), ("noniid", 10, 32),
-    ("glyphs_quick", 3, 32), ("glyphs", 10, 32), ("glyphs_classes10", 3, 32),
-    ("glyphs_classes1000", 3, 32), ("glyphs_long", 5, 32)])
-def test_cpu_presets_are_built_to_reach_a_steady_state(name, min_seeds, microbatch):
-    preset = experiment.get_preset(name)
-    tau = round(1 / preset.alpha)  # the moving averages' time constant, in steps
-    assert preset.microbatch_size == microbatch and preset.minibatch_size % 32 == 0
-    assert preset.sampling == ("iid" if name in ("quick", "cpu") else "pairs")
-    assert preset.seeds >= min_seeds
-    assert preset.warmup_steps >= 3 * tau  # the averages hold e^-3 of their start or less
-    # The learning rate is down to its floor for the last quarter, at least 3 time constants.
-    assert preset.lr_decay_end <= 0.75 * preset.steps and preset.steps / 4 >= 3 * tau
-    assert max(preset.rmax_steps, preset.dmax_steps) <= preset.lr_decay_end
-    # The final accuracy averages evaluations inside the last quarter only.
-    evaluations = np.arange(preset.eval_every, preset.steps + 1, preset.eval_every)
-    assert evaluations[-preset.final_evaluations] >= 0.75 * preset.steps
-
-
-def test_learning_rate_is_held_then_cosine_annealed_to_its_floor():
-    preset = experiment.get_preset("quick")
-    schedule = preset.learning_rate_schedule()
-    start, end, peak = preset.lr_decay_start, preset.lr_decay_end, preset.learning_rate
-
-    def expected(step):  # the cosine anneal written from its formula
-        progress = min(max(step - start, 0) / (end - start), 1.0)
-        cosine = 0.5 * (1 + math.cos(math.pi * progress))
-        return peak * (preset.lr_floor + (1 - preset.lr_floor) * cosine)
-
-    for step in (0, start // 2, start, (start + end) // 2, end, preset.steps):
-        assert float(schedule(step)) == pytest.approx(expected(step), rel=1e-5)
 
 
 @pytest.mark.parametrize("argv, named", [
@@ -84,19 +34,6 @@ def test_bad_settings_fail_before_training(argv, named, capsys, tmp_path):
     argv = argv + ["--results-dir", str(tmp_path), flag, str(tmp_path / "none")]
     assert cli.main(argv) == 2
     assert named in capsys.readouterr().err
-
-
-@pytest.mark.parametrize("setting", ["steps", "seeds", "microbatch_size", "recalibration_batches"])
-def test_booleans_are_not_numbers(setting):
-    with pytest.raises(ValueError, match=setting):
-        experiment.get_preset("quick", **{setting: True})
-    with pytest.raises(ValueError, match="learning_rate"):
-        experiment.get_preset("quick", learning_rate=False)
-
-
-def test_microbatch_must_divide_the_minibatch():
-    with pytest.raises(ValueError, match="minibatch_size.*microbatch"):
-        experiment.get_preset("quick", minibatch_size=250)
 
 
 def test_missing_data_fails_before_training(tmp_path, monkeypatch, capsys):
@@ -130,7 +67,7 @@ def test_an_explicit_data_dir_must_hold_the_data(tmp_path, capsys):
 
 
 def test_runner_writes_csv_and_skips_finished_seeds(tmp_path):
-    preset = experiment.get_preset("quick", **TINY)
+    preset = protocol.get_preset("quick", **TINY)
     path = experiment.run_one(preset, "batchrenorm", 0, tiny_data(), tmp_path)
     with open(path, newline="") as handle:
         rows = list(csv.DictReader(handle))
@@ -150,10 +87,10 @@ def test_runner_writes_csv_and_skips_finished_seeds(tmp_path):
 
 
 def test_other_settings_never_return_stale_results(tmp_path, capsys):
-    short = experiment.get_preset("quick", **dict(TINY, steps=10))
+    short = protocol.get_preset("quick", **dict(TINY, steps=10))
     path = experiment.run_one(short, "batchnorm", 0, tiny_data(), tmp_path)
     stamp = path.stat().st_mtime_ns
-    longer = experiment.get_preset("quick", **TINY)
+    longer = protocol.get_preset("quick", **TINY)
     with pytest.raises(ValueError, match=r"steps: 10 on disk, 30 now"):
         experiment.run_one(longer, "batchnorm", 0, tiny_data(), tmp_path)
     assert path.stat().st_mtime_ns == stamp
@@ -161,15 +98,15 @@ def test_other_settings_never_return_stale_results(tmp_path, capsys):
     code = cli.main(["reproduce", "--preset", "quick", "--results-dir", str(tmp_path)])
     assert code == 2 and "steps" in capsys.readouterr().err
     # More seeds of the same settings are not other settings.
-    experiment.run_one(experiment.get_preset("quick", **dict(TINY, steps=10, seeds=3)),
+    experiment.run_one(protocol.get_preset("quick", **dict(TINY, steps=10, seeds=3)),
                        "batchnorm", 1, tiny_data(), tmp_path)
 
 
-@pytest.mark.parametrize("arm", list(results.ARMS))
+@pytest.mark.parametrize("arm", list(protocol.ARMS))
 def test_every_arm_builds_its_normalization(arm):
-    preset = experiment.get_preset("quick", **TINY)
+    preset = protocol.get_preset("quick", **TINY)
     run = experiment.Run(preset, arm, 0, tiny_data())
-    spec = results.ARMS[arm]
+    spec = protocol.ARMS[arm]
     alpha = 0.99 if arm.endswith("_seedbug") else preset.alpha
     group = {"baseline": 32, "batchnorm_halves": 16}.get(arm, preset.microbatch_size)
     if spec.layer == "groupnorm":
@@ -198,7 +135,7 @@ def test_every_arm_builds_its_normalization(arm):
 def test_checkpoints_are_keyed_by_variable_path(tmp_path):
     import keras
 
-    preset = experiment.get_preset("quick", **TINY)
+    preset = protocol.get_preset("quick", **TINY)
     run = experiment.Run(preset, "batchrenorm", 0, tiny_data())
     for step in range(6):
         run.train_step(step)
@@ -283,7 +220,7 @@ def test_pairs_preset_trains_on_paired_groups_drawn_from_seed_and_step():
     from brlib import sampling
 
     data = tiny_data()
-    preset = experiment.get_preset("noniid_quick", **PAIRS)
+    preset = protocol.get_preset("noniid_quick", **PAIRS)
     run = experiment.Run(preset, "batchnorm", 3, data)
     for step in range(4):
         run.train_step(step)
@@ -303,7 +240,7 @@ def test_pairs_preset_trains_on_paired_groups_drawn_from_seed_and_step():
 
 
 def test_minibatch_statistics_evaluation_normalizes_each_test_group_alone():
-    preset = experiment.get_preset("noniid_quick", **PAIRS)
+    preset = protocol.get_preset("noniid_quick", **PAIRS)
     run = experiment.Run(preset, "batchrenorm", 0, tiny_data())
     for step in range(12):
         run.train_step(step)
@@ -324,7 +261,7 @@ def test_minibatch_statistics_evaluation_normalizes_each_test_group_alone():
 
 @pytest.mark.parametrize("arm, group", [("batchnorm", 2), ("baseline", 32)])
 def test_iid_minibatch_statistics_score_every_test_example_once_in_random_groups(arm, group):
-    preset = experiment.get_preset("quick", **TINY)  # dropout 0.5: training mode must not drop
+    preset = protocol.get_preset("quick", **TINY)  # dropout 0.5: training mode must not drop
     run = experiment.Run(preset, arm, 0, tiny_data())
     for step in range(6):
         run.train_step(step)
@@ -350,18 +287,6 @@ def test_iid_minibatch_statistics_score_every_test_example_once_in_random_groups
         np.testing.assert_array_equal(variable.numpy(), value, err_msg=variable.name)
 
 
-@pytest.mark.parametrize("name", ["quick", "cpu", "noniid_quick", "noniid"])
-def test_the_last_quarter_and_the_final_evaluations_score_the_whole_test_split(name):
-    preset = experiment.get_preset(name)
-    steps = np.arange(preset.eval_every, preset.steps + 1, preset.eval_every)
-    full = [step for step in steps if preset.evaluates_in_full(step)]
-    assert full == [step for step in steps if step >= 0.75 * preset.steps]
-    assert set(steps[-preset.final_evaluations:]) <= set(full)
-    # Forced into the final window even when it reaches back before the last quarter.
-    longer = experiment.get_preset(name, final_evaluations=len(steps))
-    assert all(longer.evaluates_in_full(step) for step in steps)
-
-
 def logits_of(run, images):
     return run.model(images, training=False).numpy()
 
@@ -375,7 +300,7 @@ def accuracy_and_loss(logits, labels):
 
 
 def test_early_rows_score_the_first_test_groups_and_late_rows_the_whole_split():
-    preset = experiment.get_preset("quick", **dict(TINY, curve_test_examples=9))
+    preset = protocol.get_preset("quick", **dict(TINY, curve_test_examples=9))
     run = experiment.Run(preset, "batchnorm", 0, tiny_data())
     for step in range(5):
         run.train_step(step)
@@ -397,7 +322,7 @@ def test_early_rows_score_the_first_test_groups_and_late_rows_the_whole_split():
 
 
 def test_inference_model_is_scored_on_fixed_training_examples():
-    preset = experiment.get_preset("quick", **dict(TINY, curve_test_examples=50))
+    preset = protocol.get_preset("quick", **dict(TINY, curve_test_examples=50))
     run = experiment.Run(preset, "batchrenorm", 3, tiny_data())
     probe = np.random.default_rng([3, 11]).permutation(96)[:50]
     np.testing.assert_array_equal(run.train_probe, probe)
@@ -412,13 +337,13 @@ def test_inference_model_is_scored_on_fixed_training_examples():
 
 def test_minibatch_statistics_leave_dropout_off():
     # Dropout at 0.5 would make training-mode calls random; the evaluation repeats exactly.
-    run = experiment.Run(experiment.get_preset("quick", **TINY), "batchnorm", 0, tiny_data())
+    run = experiment.Run(protocol.get_preset("quick", **TINY), "batchnorm", 0, tiny_data())
     run.train_step(0)
     assert run.evaluate_minibatch_statistics() == run.evaluate_minibatch_statistics()
 
 
 def test_pairs_results_record_training_and_minibatch_statistics_accuracy(tmp_path):
-    preset = experiment.get_preset("noniid_quick", **dict(PAIRS, steps=10))
+    preset = protocol.get_preset("noniid_quick", **dict(PAIRS, steps=10))
     for arm in ("batchnorm", "groupnorm"):
         experiment.run_one(preset, arm, 0, tiny_data(), tmp_path)
     loaded = results.load_results(tmp_path, "noniid_quick")
@@ -429,7 +354,7 @@ def test_pairs_results_record_training_and_minibatch_statistics_accuracy(tmp_pat
     # GroupNorm has no batch statistics: there is nothing to recalibrate.
     gn = loaded["groupnorm"]
     np.testing.assert_array_equal(gn["val_accuracy"], gn["val_accuracy_recalibrated"])
-    table = results.format_noniid_table(loaded, last=1)
+    table = results.format_noniid_table(loaded)
     assert "72.8 / 67.0 / 76.5" in table and "GroupNorm" in table
 
 
@@ -437,7 +362,7 @@ def test_pairs_run_restored_from_a_checkpoint_continues_as_if_uninterrupted(tmp_
     import tensorflow as tf
 
     tf.config.experimental.enable_op_determinism()
-    preset = experiment.get_preset("noniid_quick", **dict(PAIRS, eval_every=4, steps=8))
+    preset = protocol.get_preset("noniid_quick", **dict(PAIRS, eval_every=4, steps=8))
     data = tiny_data()
 
     def rows(run, steps):
@@ -503,7 +428,7 @@ def test_multi_worker_training_matches_one_process(tmp_path):
     # One process over the same minibatches, with every microbatch normalized on its own.
     # (SGD: Adam would turn the rounding noise of the all-reduce on gradients that are
     # zero in exact arithmetic, such as a bias before normalization, into full steps.)
-    preset = experiment.get_preset("quick", **dict(TINY, dropout=0.0, optimizer="sgd",
+    preset = protocol.get_preset("quick", **dict(TINY, dropout=0.0, optimizer="sgd",
                                                    learning_rate=0.05))
     single = experiment.Run(preset, "batchrenorm", 0, tiny_data())
     for step in range(6):
@@ -537,7 +462,7 @@ def hold_run(path, seconds):
 
 
 def test_a_run_held_by_another_process_is_not_trained_twice(tmp_path):
-    preset = experiment.get_preset("quick", **dict(TINY, steps=10))
+    preset = protocol.get_preset("quick", **dict(TINY, steps=10))
     path = results.result_path(tmp_path, "quick", "batchnorm", 0)
     holder = hold_run(path, 3.0)
     with pytest.raises(experiment.RunBusy):
@@ -549,7 +474,7 @@ def test_a_run_held_by_another_process_is_not_trained_twice(tmp_path):
 
 
 def test_reproduce_defers_a_run_that_another_command_trains(tmp_path):
-    preset = experiment.get_preset("quick", **dict(TINY, steps=10))
+    preset = protocol.get_preset("quick", **dict(TINY, steps=10))
     busy = results.result_path(tmp_path, "quick", "batchnorm", 0)
     holder = hold_run(busy, 20.0)  # the worker process has started and met the lock by then
     paths = experiment.reproduce(preset, ["batchnorm", "batchrenorm"], results_dir=tmp_path,
@@ -562,7 +487,7 @@ def test_reproduce_defers_a_run_that_another_command_trains(tmp_path):
 def test_results_do_not_depend_on_how_many_runs_train_at_once(tmp_path):
     # Two runs side by side in two processes (jobs=2) against the same runs one after the
     # other in this process: every CSV is the same, byte for byte, but for wall_seconds.
-    preset = experiment.get_preset("quick", **TINY)
+    preset = protocol.get_preset("quick", **TINY)
     arms = ["batchnorm", "batchrenorm"]
     parallel = experiment.reproduce(preset, arms, results_dir=tmp_path / "parallel",
                                     dataset=tiny_data(), jobs=2, verbose=False)
@@ -577,7 +502,7 @@ def test_the_thread_count_cannot_change_under_a_running_tensorflow():
     import tensorflow as tf
 
     tf.constant(1.0)  # TensorFlow has started, with the tests' thread count
-    experiment.fix_threads(experiment.DEFAULT_THREADS)  # same: fine
+    experiment.fix_threads(protocol.DEFAULT_THREADS)  # same: fine
     with pytest.raises(ValueError, match="threads"):
         experiment.fix_threads(7)
 
@@ -675,7 +600,7 @@ def test_ctrl_c_stops_every_run_and_the_same_command_resumes_them(tmp_path):
     resumed = subprocess.run(command, cwd=TESTS, env=env, capture_output=True, text=True,
                              timeout=300)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    preset = experiment.get_preset("quick", **dict(TINY, steps=steps, eval_every=10))
+    preset = protocol.get_preset("quick", **dict(TINY, steps=steps, eval_every=10))
     for arm in arms:  # the same files as runs that were never interrupted
         whole = experiment.run_one(preset, arm, 0, tiny_data(), tmp_path / "whole")
         assert without_wall_seconds(run / f"{arm}_seed0.csv") == without_wall_seconds(whole), arm
@@ -710,13 +635,13 @@ def test_compare_warms_up_ramps_and_anneals_as_the_presets_do(monkeypatch):
         experiment.compare(tiny_data(), steps=12, warmup_steps=-1, **small)
 
 
-@pytest.mark.parametrize("name, arms", [("quick", results.DEFAULT_ARMS),
-                                        ("noniid_quick", results.NONIID_ARMS)])
+@pytest.mark.parametrize("name, arms", [("quick", protocol.DEFAULT_ARMS),
+                                        ("noniid_quick", protocol.NONIID_ARMS)])
 def test_reproduce_runs_the_presets_own_arms_by_default(name, arms, tmp_path, monkeypatch):
     trained = []
     monkeypatch.setattr(experiment, "_train_in_processes",
                         lambda preset, todo, *args: trained.extend(todo))
-    preset = experiment.get_preset(name, **TINY)
+    preset = protocol.get_preset(name, **TINY)
     paths = experiment.reproduce(preset, seeds=1, results_dir=tmp_path, dataset=tiny_data(),
                                  verbose=False)
     assert trained == [(arm, 0) for arm in arms]

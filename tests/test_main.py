@@ -19,14 +19,14 @@ def test_figure_prints_the_table_of_every_arm_and_draws_the_main_ones(tmp_path, 
     out = capsys.readouterr().out
     assert code == 0
     assert "mean of the last 2 evaluation(s)" in out and "95 % t-intervals" in out
-    expected = results.paired_difference(results.load_results(tmp_path, "quick"), "batchrenorm",
-                                         "batchnorm", last=2)
+    loaded = results.load_results(tmp_path, "quick")
+    assert loaded.last == 2  # from the recorded settings
+    expected = results.paired_difference(loaded, "batchrenorm", "batchnorm")
     assert f"{expected.mean:+.2f} [{expected.low:+.2f}, {expected.high:+.2f}]" in out
     assert "Batchnorm, α = 0.99" in out  # the table lists the ablation too
     # Then each arm's mismatch (inference − minibatch statistics) with its paired interval.
     mismatch, (low, high) = results.within_arm_difference(
-        results.load_results(tmp_path, "quick")["batchnorm"], "val_accuracy",
-        "val_accuracy_minibatch_stats", last=2)
+        loaded, "batchnorm", "val_accuracy", "val_accuracy_minibatch_stats")
     assert np.isclose(mismatch, 7.0) and "mismatch: inference − minibatch statistics" in out
     assert f"{mismatch:+.2f} [{low:+.2f}, {high:+.2f}]" in out
     assert sorted(p.name for p in (tmp_path / "figures").iterdir()) == [

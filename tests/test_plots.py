@@ -4,10 +4,14 @@ import matplotlib
 
 matplotlib.use("Agg")
 
+import dataclasses  # noqa: E402
+
 import numpy as np  # noqa: E402
+import pytest  # noqa: E402
 from scipy import stats  # noqa: E402
 from test_results import write_runs  # noqa: E402
 
+import brlib as br  # noqa: E402
 from brlib import plots, results  # noqa: E402
 
 
@@ -15,8 +19,8 @@ def test_figure2_draws_means_with_95_percent_bands_and_final_values(tmp_path):
     accuracies = np.array([[0.3, 0.8, 0.82], [0.4, 0.9, 0.88], [0.35, 0.85, 0.86]])
     minibatch = accuracies - np.array([[0.02], [0.05], [0.03]])
     write_runs(tmp_path, "batchrenorm", accuracies, recalibrated=accuracies - 0.1,
-               pairs=(accuracies, minibatch))
-    fig = plots.figure2(results.load_results(tmp_path, "quick"), "test", last=2)
+               pairs=(accuracies, minibatch), last=2)
+    fig = plots.figure2(results.load_results(tmp_path, "quick"), "test")
     moving, recalibrated, mismatch, loss = fig.axes[:4]
     final = 100 * accuracies[:, -2:].mean(1)
     label = moving.get_legend().get_texts()[0].get_text()
@@ -64,8 +68,8 @@ def test_figure2_draws_the_inference_loss_solid_beside_the_training_mode_loss(tm
 def test_figure3_draws_each_column_and_the_papers_numbers(tmp_path):
     accuracies = np.array([[0.3, 0.8, 0.82], [0.4, 0.9, 0.88]])
     write_runs(tmp_path, "batchnorm", accuracies, preset="noniid_quick",
-               pairs=(accuracies + 0.05, accuracies - 0.03))
-    fig = plots.figure3(results.load_results(tmp_path, "noniid_quick"), "test", last=1)
+               pairs=(accuracies + 0.05, accuracies - 0.03), last=1)
+    fig = plots.figure3(results.load_results(tmp_path, "noniid_quick"), "test")
     moving, minibatch, training, table = fig.axes
     np.testing.assert_allclose(moving.get_lines()[0].get_ydata(), 100 * accuracies.mean(0))
     np.testing.assert_allclose(moving.get_lines()[1].get_ydata(), 100 * accuracies.mean(0))
@@ -74,7 +78,23 @@ def test_figure3_draws_each_column_and_the_papers_numbers(tmp_path):
     np.testing.assert_allclose(training.get_lines()[0].get_ydata(),
                                100 * (accuracies + 0.05).mean(0))
     cells = [cell.get_text().get_text() for cell in table.tables[0].get_celld().values()]
-    assert "67.0" in cells and "paper, batch renorm" in cells
+    assert "67.0" in cells and "paper: renorm" in cells
+
+
+def test_the_figures_context_tables_read_the_one_table_of_reported_numbers(tmp_path, monkeypatch):
+    from brlib import protocol
+
+    write_runs(tmp_path, "batchnorm", [[0.3, 0.8], [0.4, 0.9]], preset="noniid_quick",
+               pairs=([[0.3, 0.8], [0.4, 0.9]], [[0.3, 0.8], [0.4, 0.9]]), last=1)
+    write_runs(tmp_path, "batchnorm", [[0.3, 0.8], [0.4, 0.9]], last=1)
+    changed = tuple(dataclasses.replace(n, percent=n.percent + 0.05) for n in protocol.REPORTED)
+    monkeypatch.setattr(protocol, "REPORTED", changed)
+    for figure, preset in (("figure2", "quick"), ("figure3", "noniid_quick")):
+        fig, name = plots.preset_figure(results.load_results(tmp_path, preset))
+        assert name == f"{figure}_{preset}"
+        cells = [c.get_text().get_text() for c in fig.axes[-1].tables[0].get_celld().values()]
+        expected = [f"{n.percent:.1f}" for n in changed if n.figure == figure]
+        assert [c for c in cells if c in expected] == expected  # every number, in order
 
 
 def test_save_figure_writes_png_and_reproducible_svg(tmp_path):
@@ -99,3 +119,93 @@ def test_modules_that_read_results_do_not_import_the_runner():
         imported |= {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import)
                      for alias in node.names}
         assert not {"brlib.experiment", "tensorflow"} & imported, (module, imported)
+
+
+def test_schedule_figure_draws_the_schedule():
+    fig = plots.schedule_figure(10, 3.0, 50, 5.0, 30, steps=100)
+    rmax_line, dmax_line = fig.axes[0].get_lines()[:2]
+    expected = br.RenormSchedule(10, 3.0, 50, 5.0, 30)(rmax_line.get_xdata())
+    np.testing.assert_allclose(rmax_line.get_ydata(), expected[0])
+    np.testing.assert_allclose(dmax_line.get_ydata(), expected[1])
+
+
+def test_schedule_figure_clips_a_recorded_run_with_the_schedule_of_each_step():
+    rng = np.random.default_rng(0)
+    at = [0, 20, 40, 60]
+    r_values = [rng.lognormal(0, 0.5, 100) for _ in at]
+    d_values = [rng.normal(0, 1.0, 100) for _ in at]
+    fig = plots.schedule_figure(10, 3.0, 50, 5.0, 30, steps=100, recorded=(at, r_values, d_values))
+    r_line, d_line = fig.axes[1].get_lines()[:2]
+    schedule = br.RenormSchedule(10, 3.0, 50, 5.0, 30)
+    for index, step in enumerate(at):
+        rmax, dmax = schedule(step)
+        r, d = r_values[index], d_values[index]
+        assert r_line.get_ydata()[index] == pytest.approx(100 * np.mean((r < 1 / rmax) | (r > rmax)))
+        assert d_line.get_ydata()[index] == pytest.approx(100 * np.mean(np.abs(d) > dmax))
+    assert r_line.get_ydata()[0] == 100  # rmax = 1 in the warm-up: every r is clipped
+
+
+def test_comparison_figure_draws_both_accuracies_of_each_arm():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    steps = np.array([5, 10])
+    curves = {"batchnorm": (steps, np.array([0.2, 0.4]), np.array([0.5, 0.6])),
+              "batchrenorm": (steps, np.array([0.3, 0.7]), np.array([0.6, 0.7]))}
+    fig = plots.comparison_figure(curves)
+    lines = fig.axes[0].get_lines()
+    np.testing.assert_allclose([line.get_ydata() for line in lines],
+                               [[20, 40], [50, 60], [30, 70], [60, 70]])
+    assert [line.get_linestyle() for line in lines] == ["-", "--", "-", "--"]
+    assert "recalibrated (60.0%)" in fig.axes[0].get_legend().get_texts()[1].get_text()
+
+
+def test_comparison_figure_keeps_coinciding_curves_visible_and_marks_the_warmup():
+    steps = np.array([5, 10])
+    same = (steps, np.array([0.2, 0.4]), np.array([0.5, 0.6]))
+    fig = plots.comparison_figure({"batchnorm": same, "batchrenorm": same}, warmup_steps=6)
+    lines = fig.axes[0].get_lines()
+    first, second = lines[0], lines[2]  # the moving-average curves of the two arms
+    assert first.get_linewidth() > second.get_linewidth()  # the first arm shows around the second
+    assert first.get_marker() != second.get_marker()
+    assert lines[1].get_markerfacecolor() == "white"  # recalibrated: hollow markers
+    assert lines[-1].get_xdata()[0] == 6 and lines[-1].get_linestyle() == ":"
+    title = fig.axes[0].get_title()
+    assert "solid: moving averages" in title and "dashed: recalibrated" in title
+
+
+def test_partners_figure_marks_each_sizes_own_inference_output_and_mean():
+    rng = np.random.default_rng(0)
+    outputs = {2: rng.normal(0.3, 0.4, 200), 32: rng.normal(0.1, 0.1, 200)}
+    fig = plots.partners_figure(outputs, {2: 0.5, 32: 0.2})
+    for ax, size, inference in zip(fig.axes, (2, 32), (0.5, 0.2)):
+        red, mean = ax.get_lines()
+        assert list(red.get_xdata()) == [inference, inference]
+        assert mean.get_xdata()[0] == pytest.approx(np.mean(outputs[size]))
+        assert mean.get_linestyle() == "--"
+    fig = plots.partners_figure(outputs, 0.4)  # one value for every row
+    assert [ax.get_lines()[0].get_xdata()[0] for ax in fig.axes] == [0.4, 0.4]
+
+
+def test_schedule_figure_draws_how_wide_the_recorded_corrections_are():
+    rng = np.random.default_rng(1)
+    at = [0, 20, 40]
+    r_values = [rng.lognormal(0, 0.5, 200) for _ in at]
+    d_values = [rng.normal(0, 1.0, 200) for _ in at]
+    fig = plots.schedule_figure(10, 3.0, 50, 5.0, 30, steps=100, recorded=(at, r_values, d_values))
+    lines = fig.axes[0].get_lines()
+    r_spread, d_spread = lines[3], lines[4]  # after rmax, dmax and the end of the warm-up
+
+    def percentile_99(values):  # linear interpolation between the sorted values around rank 0.99·(n − 1)
+        ordered = np.sort(values)
+        rank = 0.99 * (len(ordered) - 1)
+        low = int(rank)
+        return ordered[low] + (rank - low) * (ordered[low + 1] - ordered[low])
+
+    for index in range(len(at)):
+        r, d = r_values[index], d_values[index]
+        assert r_spread.get_ydata()[index] == pytest.approx(percentile_99(np.maximum(r, 1 / r)))
+        assert d_spread.get_ydata()[index] == pytest.approx(percentile_99(np.abs(d)))
+    assert len(fig.axes[1].patches) == 1  # the shaded warm-up
+    assert not plots.schedule_figure(0, 3.0, 50, 5.0, 30, steps=100,
+                                       recorded=(at, r_values, d_values)).axes[1].patches

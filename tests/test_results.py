@@ -1,5 +1,6 @@
 """brlib.results: settings records, result loading, and statistics against SciPy's own tests."""
 
+import dataclasses
 import json
 
 import numpy as np
@@ -7,14 +8,20 @@ import pytest
 from scipy import stats
 
 from brlib import results
+from brlib.protocol import PRESETS
 
 
-def write_runs(directory, arm, accuracies, recalibrated=None, preset="quick", pairs=None):
+def write_runs(directory, arm, accuracies, recalibrated=None, preset="quick", pairs=None,
+               last=None):
     """One CSV per seed, with the given accuracy curves (evaluations every 10 steps).
 
     `pairs`, if given, is (training accuracies, minibatch-statistics accuracies), the two
-    columns of the mismatch measurement (results from before it lack them).
+    columns of the mismatch measurement (results from before it lack them). `last`, if
+    given, is recorded as the preset's `final_evaluations`; otherwise the named preset's
+    own value applies.
     """
+    if last is not None:
+        results.record_settings(directory / preset, {"final_evaluations": last})
     recalibrated = accuracies if recalibrated is None else recalibrated
     for seed, (values, calibrated) in enumerate(zip(accuracies, recalibrated)):
         rows = [{"step": 10 * (i + 1), "val_accuracy": v, "val_loss": 1.0,
@@ -71,10 +78,10 @@ def test_paired_difference_matches_scipys_paired_t_test(tmp_path):
     rng = np.random.default_rng(0)
     base = rng.uniform(0.6, 0.8, (7, 4))
     better = base + rng.normal(0.02, 0.01, base.shape)
-    write_runs(tmp_path, "batchnorm", base)
-    write_runs(tmp_path, "batchrenorm", better)
+    write_runs(tmp_path, "batchnorm", base, last=2)
+    write_runs(tmp_path, "batchrenorm", better, last=2)
     loaded = results.load_results(tmp_path, "quick")
-    diff = results.paired_difference(loaded, "batchrenorm", "batchnorm", last=2)
+    diff = results.paired_difference(loaded, "batchrenorm", "batchnorm")
     a, b = 100 * better[:, -2:].mean(1), 100 * base[:, -2:].mean(1)
     test = stats.ttest_rel(a, b)
     interval = test.confidence_interval(0.95)
@@ -113,10 +120,10 @@ def test_steady_state_compares_the_difference_drift_with_its_own_half_width(tmp_
     # Still climbing against the reference: +0, +1, +2 points over the last quarter.
     climbing = [[v + (0.01 * (i - 5) if i >= 5 else 0.0) + 0.002 * (seed % 2)
                  for i, v in enumerate(row)] for seed, row in enumerate(reference)]
-    write_runs(tmp_path, "batchnorm", reference)
-    write_runs(tmp_path, "batchrenorm", climbing)
+    write_runs(tmp_path, "batchnorm", reference, last=2)
+    write_runs(tmp_path, "batchrenorm", climbing, last=2)
     loaded = results.load_results(tmp_path, "quick")
-    check = results.steady_state(loaded, "batchrenorm", "batchnorm", last=2)
+    check = results.steady_state(loaded, "batchrenorm", "batchnorm")
     # Reference: NumPy and SciPy on the per-seed differences.
     deltas = 100 * (np.array(climbing) - np.array(reference))
     reported = deltas[:, -2:].mean(axis=1)
@@ -129,32 +136,40 @@ def test_steady_state_compares_the_difference_drift_with_its_own_half_width(tmp_
                                       for seed, row in enumerate(reference)])
     flat = results.steady_state(results.load_results(tmp_path, "quick"), "baseline", "batchnorm")
     assert flat.drift == pytest.approx(0.0, abs=1e-9) and flat.steady
-    assert not results.steady_state(loaded, "batchrenorm", "batchnorm", last=1).steady
+    last_one = results.Results(dataclasses.replace(loaded.preset, final_evaluations=1), loaded)
+    assert not results.steady_state(last_one, "batchrenorm", "batchnorm").steady
 
 
 def test_table_names_each_difference_and_whether_it_is_distinguishable(tmp_path):
-    write_runs(tmp_path, "batchnorm", [[0.50], [0.60], [0.70]])
+    write_runs(tmp_path, "batchnorm", [[0.50], [0.60], [0.70]], last=1)
     write_runs(tmp_path, "batchrenorm", [[0.60], [0.70], [0.80]])  # +10 in every seed
     write_runs(tmp_path, "baseline", [[0.55], [0.55], [0.75]])
-    table = results.format_table(results.load_results(tmp_path, "quick"), last=1)
+    table = results.format_table(results.load_results(tmp_path, "quick"))
     lines = table.splitlines()
     assert len(lines) == 5
-    assert "+10.00 [+10.00, +10.00]" in lines[3] and "not distinguishable" not in lines[3]
+    assert "+10.00 in every seed" in lines[3] and "not distinguishable" not in lines[3]
     assert "not distinguishable from 0" in lines[4]
 
 
-def test_arms_are_checked_by_name():
-    assert results.check_arms(("batchnorm", "batchrenorm_noramp")) == [
-        "batchnorm", "batchrenorm_noramp"]
+def test_results_carry_their_preset_and_keep_the_arms_order(tmp_path):
+    results.record_settings(tmp_path / "quick", {"final_evaluations": 2, "steps": 40,
+                                                 "font_sha256": {"a.ttf": "0"}})
+    write_runs(tmp_path, "batchrenorm", [[0.1, 0.2], [0.3, 0.4]])
+    write_runs(tmp_path, "batchnorm", [[0.5, 0.6], [0.7, 0.9]])
+    loaded = results.load_results(tmp_path, "quick")
+    # The recorded settings win; those not recorded are the named preset's.
+    assert (loaded.preset.name, loaded.preset.steps, loaded.last) == ("quick", 40, 2)
+    assert loaded.preset.widths == PRESETS["quick"].widths and loaded.preset.threads is None
+    assert list(loaded) == ["batchnorm", "batchrenorm"]  # ARMS order, not the files' order
+    np.testing.assert_allclose(loaded.final("batchnorm"), [55.0, 80.0])
+    only = loaded.only(["batchrenorm", "baseline"])  # arms without results are left out
+    assert list(only) == ["batchrenorm"] and only.preset is loaded.preset
     with pytest.raises(ValueError, match="arms"):
-        results.check_arms(["layernorm"])
-    with pytest.raises(ValueError, match="arms"):
-        results.check_arms([])
-    named = (set(results.DEFAULT_ARMS) | set(results.ABLATIONS) | set(results.NONIID_ARMS)
-             | set(results.NONIID_ABLATIONS))
-    assert named | {"groupnorm"} == set(results.ARMS)
-    assert results.default_arms("pairs") == results.NONIID_ARMS
-    assert results.default_arms("iid") == results.DEFAULT_ARMS
+        loaded.only(["layernorm"])
+    with pytest.raises(ValueError, match="not in ARMS"):
+        results.Results(loaded.preset, {"layernorm": loaded["batchnorm"]})
+    with pytest.raises(TypeError, match="Preset"):
+        results.Results({"final_evaluations": 2}, {})
 
 
 def test_noniid_table_gives_within_arm_gaps_with_paired_intervals(tmp_path):
@@ -162,15 +177,16 @@ def test_noniid_table_gives_within_arm_gaps_with_paired_intervals(tmp_path):
     test = rng.uniform(0.6, 0.7, size=(4, 3))
     train = test + rng.uniform(0.02, 0.08, size=(4, 3))
     minibatch = test + 0.05
-    write_runs(tmp_path, "batchnorm", test, preset="noniid_quick", pairs=(train, minibatch))
+    write_runs(tmp_path, "batchnorm", test, preset="noniid_quick", pairs=(train, minibatch),
+               last=2)
     loaded = results.load_results(tmp_path, "noniid_quick")
     assert {"train_accuracy", "val_accuracy_minibatch_stats"} <= set(loaded["batchnorm"].columns)
     gap = 100 * (train[:, -2:].mean(1) - test[:, -2:].mean(1))
     low, high = stats.t.interval(0.95, 3, loc=gap.mean(), scale=stats.sem(gap))
-    mean, interval = results.within_arm_difference(loaded["batchnorm"], "train_accuracy",
-                                                   "val_accuracy", last=2)
+    mean, interval = results.within_arm_difference(loaded, "batchnorm", "train_accuracy",
+                                                   "val_accuracy")
     np.testing.assert_allclose((mean, *interval), (gap.mean(), low, high))
-    table = results.format_noniid_table(loaded, last=2)
+    table = results.format_noniid_table(loaded)
     assert f"training − test {gap.mean():+.2f} [{low:+.2f}, {high:+.2f}]" in table
     assert "minibatch statistics − moving averages +5.00 [+5.00, +5.00]" in table
     assert "72.8 / 67.0 / 76.5" in table  # the paper's Figure 3 beside it
@@ -182,10 +198,10 @@ def test_mismatch_and_lag_are_paired_within_each_arm(tmp_path):
     recalibrated = moving + rng.uniform(-0.01, 0.03, size=(5, 4))
     train = moving + 0.01
     minibatch = moving - rng.uniform(0.0, 0.1, size=(5, 4))
-    write_runs(tmp_path, "batchnorm", moving, recalibrated, pairs=(train, minibatch))
+    write_runs(tmp_path, "batchnorm", moving, recalibrated, pairs=(train, minibatch), last=2)
     write_runs(tmp_path, "baseline", moving[:3])  # results from before the mismatch columns
     loaded = results.load_results(tmp_path, "quick")
-    table = results.format_mismatch_table(loaded, last=2)
+    table = results.format_mismatch_table(loaded)
     for name, column, reference in (("mismatch", moving, minibatch),
                                     ("lag", recalibrated, moving)):
         difference = 100 * (column[:, -2:].mean(1) - reference[:, -2:].mean(1))
@@ -227,7 +243,7 @@ def test_pairing_gaps_are_scipy_paired_intervals_with_the_number_of_classes(tmp_
     for arm, values in final.items():
         # Four evaluations; the last two (the final window) hold the value, earlier ones differ.
         write_runs(tmp_path, arm, [[0.1, 0.2, v, v] for v in values], preset="glyphs_classes30")
-    found = results.gaps(tmp_path, "glyphs_classes30")
+    found = results.gaps(results.load_results(tmp_path, "glyphs_classes30"))
     named = [gap for gap in results.PAIRING_GAPS if gap[1] in final and gap[2] in final]
     assert [gap.name for gap in found] == [name for name, _, _ in named] and len(named) == 3
     for gap, (_, arm, reference) in zip(found, named):
@@ -247,19 +263,13 @@ def test_gaps_leave_out_differences_whose_arms_have_no_results(tmp_path):
                                                   "final_evaluations": 1})
     write_runs(tmp_path, "batchnorm", [[0.5], [0.6]], preset="noniid")
     write_runs(tmp_path, "batchnorm_iid", [[0.55], [0.62]], preset="noniid")
-    found = results.gaps(tmp_path, "noniid")
+    found = results.gaps(results.load_results(tmp_path, "noniid"))
     assert [(gap.name, gap.classes) for gap in found] == [("batch norm: pairs − i.i.d.", 10)]
-
-
-def test_the_number_of_classes_comes_from_the_dataset_name():
-    assert results.classes_of("glyphs1000") == 1000 and results.classes_of("cifar100") == 100
-    with pytest.raises(ValueError, match="`dataset` must be glyphs<N>"):
-        results.classes_of("imagenet")
 
 
 def test_noniid_table_shows_the_inference_fit_of_training_examples_where_recorded(tmp_path):
     test = np.full((2, 2), 0.6)
-    write_runs(tmp_path, "batchnorm", test, preset="noniid", pairs=(test, test))
+    write_runs(tmp_path, "batchnorm", test, preset="noniid", pairs=(test, test), last=1)
     write_runs(tmp_path, "batchrenorm", test, preset="noniid", pairs=(test, test))
     for seed in (0, 1):  # only renorm's runs have the column, as after a runner update
         path = tmp_path / "noniid" / f"batchrenorm_seed{seed}.csv"
@@ -267,11 +277,11 @@ def test_noniid_table_shows_the_inference_fit_of_training_examples_where_recorde
         for row, value in zip(rows, (0.7, 0.75 + 0.05 * seed)):
             row["train_loss_inference"], row["train_accuracy_inference"] = 1.0, value
         results.write_atomic(path, results.rows_to_csv(rows))
-    table = results.format_noniid_table(results.load_results(tmp_path, "noniid"), last=1)
+    loaded = results.load_results(tmp_path, "noniid")
+    table = results.format_noniid_table(loaded)
     assert "training examples, inference network (%)" in table.splitlines()[0]
     assert table.splitlines()[2].startswith("| Batchnorm | 2 | 60.00 ± 0.00 | — |")
     sd = 100 * np.std([0.75, 0.80], ddof=1)
     assert table.splitlines()[3].startswith(f"| Batch Renorm | 2 | 60.00 ± 0.00 | 77.50 ± {sd:.2f} |")
-    without = results.format_noniid_table({"batchnorm": results.load_results(tmp_path, "noniid")[
-        "batchnorm"]}, last=1)
+    without = results.format_noniid_table(loaded.only(["batchnorm"]))
     assert "inference network" not in without

@@ -75,3 +75,23 @@ def test_other_backends_never_import_tensorflow():
         keras.ops.ones((4, 3)), training=True).shape == (4, 3)
     with pytest.raises(ImportError, match=f"TensorFlow backend.*running on '{BACKEND}'"):
         brlib.experiment  # noqa: B018
+
+
+def test_the_layer_alone_loads_no_plots_statistics_or_widgets():
+    # What `import brlib` and a first layer add to what `import keras` loaded (on TensorFlow,
+    # TensorFlow itself loads matplotlib and SciPy; on JAX and PyTorch nothing does).
+    code = ("import json, sys, keras\n"
+            "before = set(sys.modules)\n"
+            "import brlib\n"
+            "brlib.BatchRenormalization(microbatch_size=2)(keras.ops.ones((4, 3)), training=True)\n"
+            "print(json.dumps(sorted(set(sys.modules) - before)))")
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                          timeout=180)
+    assert done.returncode == 0, done.stderr[-2000:]
+    added = set(json.loads(done.stdout.strip().splitlines()[-1]))
+    heavy = {"matplotlib", "matplotlib.pyplot", "scipy", "scipy.stats", "ipywidgets", "IPython",
+             "brlib.plots", "brlib.results", "brlib.widgets", "brlib.experiment"}
+    assert not heavy & added, sorted(heavy & added)
+    assert {"brlib.layers", "brlib.schedule", "brlib.recalibration"} <= added
+
