@@ -33,7 +33,7 @@ def _parser():
                           "other workers before the run stops with an error (default 300)")
     figure = commands.add_parser(
         "figure", help="print the paired differences and draw figures/figure2_<preset>.png and "
-        ".svg (figure3_<preset> for the noniid presets)")
+        ".svg (figure3_<preset> for the noniid presets; figure2_<preset>_<arms> for --arms)")
     figure.add_argument("--preset", required=True)
     figure.add_argument("--arms", nargs="+", help=f"arms to draw (the table lists every arm "
                         f"with results); default: {' '.join(DEFAULT_ARMS)} (noniid presets: "
@@ -82,14 +82,7 @@ def figure(args):
     print(results.format_mismatch_table(loaded))
     if preset.sampling == "pairs":
         print("\n" + results.format_noniid_table(loaded))
-    if chosen:
-        shown = loaded.only(chosen)
-        if not len(shown):
-            raise FileNotFoundError(f"no results of the arms {chosen} to draw")
-        draw = plots.figure3 if preset.sampling == "pairs" else plots.figure2
-        fig, name = draw(shown), preset.figure
-    else:
-        fig, name = plots.preset_figure(loaded)
+    fig, name = plots.preset_figure(loaded, chosen)
     for path in plots.save_figure(fig, name, args.figures_dir):
         print(path)
     if args.compare:

@@ -178,6 +178,7 @@ def _images(uint8_images):
 
 
 LOADERS = {"fashion_mnist": fashion_mnist, "cifar10": cifar10, "cifar100": cifar100}
+CLASSES = {"fashion_mnist": 10, "cifar10": 10, "cifar100": 100}  # of each loader's dataset
 # The glyph dataset (brlib.glyphs), rendered here: "glyphs300" has 300 classes.
 GLYPHS = re.compile(r"glyphs([1-9][0-9]*)")
 

@@ -85,6 +85,11 @@ def corrections_from_features(features, microbatch_size, microbatches=2000, seed
 
     Returns:
         (r, d), two arrays of shape (microbatches, channels).
+
+    Reference:
+        Sergey Ioffe, "Batch Renormalization: Towards Reducing Minibatch
+        Dependence in Batch-Normalized Models", NIPS 2017, arXiv:1702.03275,
+        Algorithm 1 (r and d before clipping).
     """
     _check_group_size(microbatch_size)
     features = np.asarray(features, dtype=np.float64)
@@ -111,6 +116,13 @@ def partner_outputs(features, microbatch_size, example=0, channel=0, partners=50
     moving averages hold; σ therefore depends on the microbatch size.
 
     Args:
+        features: Array of shape (examples, ..., channels), e.g. a layer's inputs.
+        microbatch_size: Examples per microbatch, m >= 2, the example included.
+        example: Index of the example followed.
+        channel: The channel whose value is followed.
+        partners: How many microbatches (draws of partners).
+        seed: Seed of the draws.
+        epsilon: The layer's ε, added to the variance.
         statistics: If True, also return a dict with the example's `value`,
             its own mean over the channel's positions (`example_mean`), `mu`,
             `sigma`, and each draw's `mean_b` and `sigma_b`.

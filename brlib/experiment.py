@@ -46,6 +46,7 @@ from filelock import FileLock, Timeout  # noqa: E402
 import brlib.data  # noqa: E402
 from brlib.layers import BatchRenormalization  # noqa: E402
 from brlib.models import seed_convnet  # noqa: E402
+from brlib import protocol  # noqa: E402
 from brlib.protocol import ARMS, GROUP, PRESETS, check_arms  # noqa: E402
 from brlib.recalibration import recalibrated, untouched  # noqa: E402
 from brlib.results import (SETTINGS_FILE, check_settings, read_csv, record_settings,  # noqa: E402
@@ -56,9 +57,8 @@ from brlib.schedule import renorm_layers  # noqa: E402
 from brlib.validation import check_integer, check_number  # noqa: E402
 
 
-# The optimizers a preset may name (`Preset.optimizer`).
-OPTIMIZERS = {"adam": keras.optimizers.Adam, "rmsprop": keras.optimizers.RMSprop,
-              "sgd": keras.optimizers.SGD}
+# The optimizer classes of the names a preset may give (`brlib.protocol.OPTIMIZERS`).
+OPTIMIZERS = {name: getattr(keras.optimizers, cls) for name, cls in protocol.OPTIMIZERS.items()}
 
 
 def group_size(arm, preset):
@@ -111,7 +111,18 @@ def sampling_for(arm, preset):
 # One run
 # ---------------------------------------------------------------------------
 class Run:
-    """Trains one (preset, arm, seed) and evaluates the inference model every k steps."""
+    """One (preset, arm, seed): the model, its optimizer, its minibatches and its evaluations.
+
+    `train` is the one training loop (the runner's, `compare`'s and notebook
+    03's); `row` is one evaluation as the result CSVs record it.
+
+    Args:
+        preset: A validated `brlib.protocol.Preset`.
+        arm: A name from `brlib.protocol.ARMS`.
+        seed: Initial weights, minibatches and test groups.
+        dataset: ((x_train, y_train), (x_test, y_test)).
+        strategy: A tf.distribute strategy; None for this process's default.
+    """
 
     def __init__(self, preset, arm, seed, dataset, strategy=None):
         self.preset, self.arm, self.seed = preset, arm, seed
@@ -299,13 +310,15 @@ class Run:
             return self.evaluate(indices)
 
     def _test_groups(self):
-        """Test indices in groups drawn as the arm's training groups are, fixed per run.
+        """Test indices in groups drawn as the preset's training groups are, fixed per run.
 
         Paired presets: groups of 32 made of 16 pairs of one label (the paper's
-        Figure 3 control; the halves arm normalizes each half of a group).
-        I.i.d. presets: the test split shuffled once per seed and cut into
-        groups of the arm's own size, the last one filled from the start.
-        Returns an array of shape (groups, group size).
+        Figure 3 control), for every arm, those trained on i.i.d. groups too,
+        so that all arms are scored on the same paired groups (the halves arm
+        normalizes each half of a group). I.i.d. presets: the test split
+        shuffled once per seed and cut into groups of the arm's own size, the
+        last one filled from the start. Returns an array of shape (groups,
+        group size).
         """
         if self.preset.sampling == "pairs":
             return paired_batches(indices_by_class(self.y_test), self.seed,
@@ -378,7 +391,7 @@ class Run:
         return row
 
 
-class Checkpoint:
+class RunCheckpoint:
     """An unfinished run: variables by path (tf.train.CheckpointManager) and its finished rows.
 
     The rows go to a partial CSV after the variables are saved, and a restore
@@ -529,7 +542,7 @@ def run_one(preset, arm, seed, dataset, results_dir, strategy=None, on_step=None
 
 def _train(run, path, writer, on_step):
     """Trains `run` from its last checkpoint to the end and writes its CSV (from the chief)."""
-    checkpoint = Checkpoint(path, run.checkpoint(), writer)
+    checkpoint = RunCheckpoint(path, run.checkpoint(), writer)
     start, rows, wall_before = checkpoint.restore() or (0, [], 0.0)
     started = time.perf_counter()
     reached = [start]  # the last step trained, for the error message
@@ -768,7 +781,8 @@ def compare(dataset, microbatch_size=2, rmax=3.0, dmax=5.0, steps=1200, minibatc
         dmax: Final dmax of the renorm arm, >= 0.
         steps: Training steps of each arm.
         minibatch_size: Examples per step (the gradient's average).
-        evaluations: How many evaluations, evenly spaced, the last at `steps`.
+        evaluations: How many evaluations: every ceil(steps / evaluations) steps, and
+            after the last step.
         seed: Initial weights and minibatches, the same for both arms.
         widths: Filters of the convnet's three 3×3 convolutions.
         recalibration_batches: Training minibatches of the recalibrated model.
@@ -789,7 +803,7 @@ def compare(dataset, microbatch_size=2, rmax=3.0, dmax=5.0, steps=1200, minibatc
              if anneal else dict(lr_decay_start=None, lr_decay_end=None))
     preset = dataclasses.replace(
         PRESETS["quick"], microbatch_size=microbatch_size, minibatch_size=minibatch_size,
-        steps=steps, eval_every=max(steps // evaluations, 1), warmup_steps=warmup_steps,
+        steps=steps, eval_every=max(-(-steps // evaluations), 1), warmup_steps=warmup_steps,
         rmax_final=rmax, rmax_steps=ramp_end, dmax_final=dmax, dmax_steps=ramp_end,
         widths=tuple(widths), dropout=0.0, final_evaluations=1,
         recalibration_batches=recalibration_batches, **decay).validate()

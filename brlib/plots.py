@@ -116,7 +116,8 @@ def _reference_table(ax, rows):
 
 
 def figure2(results, title=None):
-    """Per arm, the seed mean with its 95 % confidence band, for four quantities.
+    """The paper's Figure 2 from results: per arm, the seed mean with its 95 % band, for four
+    quantities.
 
     Panels: test accuracy of the inference model with moving averages, the
     same recalibrated, the train/inference mismatch (inference minus
@@ -130,6 +131,11 @@ def figure2(results, title=None):
     Args:
         results: `brlib.results.Results` of one preset.
         title: The first panel's title; None names the preset.
+
+    Reference:
+        Sergey Ioffe, "Batch Renormalization: Towards Reducing Minibatch
+        Dependence in Batch-Normalized Models", NIPS 2017, arXiv:1702.03275,
+        Figure 2.
     """
     import matplotlib.pyplot as plt
 
@@ -164,6 +170,11 @@ def figure3(results, title=None):
     Args:
         results: `brlib.results.Results` of one preset.
         title: The first panel's title; None names the preset.
+
+    Reference:
+        Sergey Ioffe, "Batch Renormalization: Towards Reducing Minibatch
+        Dependence in Batch-Normalized Models", NIPS 2017, arXiv:1702.03275,
+        Figure 3.
     """
     import matplotlib.pyplot as plt
 
@@ -182,20 +193,29 @@ def figure3(results, title=None):
     return fig
 
 
-def preset_figure(results):
+def preset_figure(results, arms=None):
     """The figure of a preset's results: Figure 3 for paired sampling, else Figure 2.
 
-    Draws the arms of `Preset.figure_arms` that have results.
-    Returns (figure, name): save it under `name` (`Preset.figure`), the one
-    file name that the command line and the notebooks use for it.
+    Args:
+        results: `brlib.results.Results` of one preset.
+        arms: The arms to draw (those of them with results); None for the
+            preset's own (`Preset.figure_arms`).
+
+    Returns:
+        (figure, name). `name` is the one file name that the command line and
+        the notebooks save the figure under: `Preset.figure` for the preset's
+        own arms, and that name followed by the arms for another choice, so
+        that a choice never overwrites the preset's figure.
     """
     preset = results.preset
-    shown = results.only(preset.figure_arms)
+    chosen = preset.figure_arms if arms is None else arms
+    shown = results.only(chosen)
     if not len(shown):
-        raise ValueError(f"no results of the arms {list(preset.figure_arms)} of preset {preset.name!r} "
+        raise ValueError(f"no results of the arms {list(chosen)} of preset {preset.name!r} "
                          "to draw")
     draw = figure3 if preset.sampling == "pairs" else figure2
-    return draw(shown), preset.figure
+    name = preset.figure if arms is None else f"{preset.figure}_{'-'.join(shown)}"
+    return draw(shown), name
 
 
 def class_sweep(sweep, others=(), title="What pairing costs, against the number of classes"):

@@ -3,13 +3,15 @@
 The runner (`brlib.experiment`) trains what this module defines, and the
 readers of results (`brlib.results`, `brlib.plots`, `brlib.report`, the
 notebooks) interpret files by it. It imports neither Keras nor TensorFlow at
-module level, so reading results stays light on every backend; the two
-methods that build Keras objects import Keras when called.
+module level (the two methods that build Keras objects import Keras when
+called), so that on the JAX and PyTorch backends reading results never loads
+TensorFlow; on TensorFlow, `import brlib` loads it for the layer.
 """
 
 import dataclasses
-import re
 
+from brlib.data import CLASSES, LOADERS, is_known
+from brlib.data import GLYPHS as GLYPHS_NAME  # glyphs<classes>
 from brlib.validation import check_integer, check_number
 
 # Each of the paper's 50 workers normalized its own 32 examples: Figure 1's batch-norm
@@ -20,20 +22,19 @@ GROUP = 32
 # there are cores train side by side (`reproduce --jobs`) with the same results.
 DEFAULT_THREADS = 1
 SAMPLINGS = ("iid", "pairs")
-OPTIMIZERS = ("adam", "rmsprop", "sgd")  # keras.optimizers.Adam, RMSprop, SGD
-_CLASSES = {"fashion_mnist": 10, "cifar10": 10, "cifar100": 100}
-_GLYPHS = re.compile(r"glyphs([1-9][0-9]*)")
+# A preset's optimizer: its name here, and the class of keras.optimizers the runner builds.
+OPTIMIZERS = {"adam": "Adam", "rmsprop": "RMSprop", "sgd": "SGD"}
 
 
 def classes_of(dataset):
     """The number of classes of a dataset name: glyphs<N> has N."""
-    match = _GLYPHS.fullmatch(str(dataset))
+    match = GLYPHS_NAME.fullmatch(str(dataset))
     if match:
         return int(match.group(1))
-    if dataset not in _CLASSES:
-        raise ValueError(f"`dataset` must be glyphs<N> or one of {sorted(_CLASSES)}; "
+    if dataset not in CLASSES:
+        raise ValueError(f"`dataset` must be glyphs<N> or one of {sorted(CLASSES)}; "
                          f"got dataset={dataset!r}.")
-    return _CLASSES[dataset]
+    return CLASSES[dataset]
 
 
 # ---------------------------------------------------------------------------
@@ -119,6 +120,9 @@ NONIID_FIGURE_ARMS = NONIID_ARMS + ("batchrenorm_iid",)
 # The many-class presets' extra arms: renorm's own i.i.d. control and the ablations.
 NONIID_ABLATIONS = ("batchrenorm_iid", "batchrenorm_unclipped", "batchnorm_rawlogits",
                     "batchnorm_iid_rawlogits", "batchrenorm_rawlogits", "groupnorm_iid")
+# Each of Figure 2's ablations, and the arm it changes one thing of (its twin).
+TWINS = {"batchnorm_seedbug": "batchnorm", "batchrenorm_seedbug": "batchrenorm",
+         "batchrenorm_noramp": "batchrenorm"}
 
 
 def check_arms(arms):
@@ -245,7 +249,7 @@ class Preset:
         SHA-256 of every font file is a setting too (`font_sha256`).
         """
         settings = dataclasses.asdict(self)
-        if _GLYPHS.fullmatch(self.dataset):
+        if GLYPHS_NAME.fullmatch(self.dataset):
             from brlib.glyphs import font_hashes
 
             settings["font_sha256"] = font_hashes()
@@ -257,23 +261,26 @@ class Preset:
 
         Settings the preset does not have (such as `font_sha256`) are left
         out. A setting the file lacks is taken from `base` (the named preset,
-        when there is one) or the field's default, except `threads`: results
-        recorded before the thread count was fixed ran with TensorFlow's
-        default count, which is unknown, so it is None.
+        when there is one) or the field's default, except the settings of
+        `BEFORE_THEY_EXISTED`, which take the value that describes how such
+        older runs trained.
+
+        Args:
+            settings: The dict of a settings.json.
+            base: The preset whose values fill the settings the dict lacks.
         """
         fields = {f.name for f in dataclasses.fields(cls)}
         known = {key: value for key, value in settings.items() if key in fields}
         if "widths" in known:
             known["widths"] = tuple(known["widths"])
-        known.setdefault("threads", None)
+        for name, value in BEFORE_THEY_EXISTED.items():
+            known.setdefault(name, value)
         if base is not None:
             return dataclasses.replace(base, **known)
         return cls(**known)
 
     def validate(self):
         """Checks every setting; returns the preset, or raises a ValueError naming the setting."""
-        from brlib.data import is_known
-
         positive = ("minibatch_size", "microbatch_size", "steps", "eval_every", "seeds",
                     "recalibration_batches", "final_evaluations", "threads",
                     "curve_test_examples")
@@ -305,17 +312,22 @@ class Preset:
             raise ValueError(f"`final_evaluations`={self.final_evaluations} must not exceed "
                              f"the run's {self.steps // self.eval_every} evaluations.")
         if not is_known(self.dataset):
-            raise ValueError(f"`dataset` must be one of {sorted(_CLASSES)} or "
+            raise ValueError(f"`dataset` must be one of {sorted(LOADERS)} or "
                              f"glyphs<classes>; got dataset={self.dataset!r}.")
         if self.sampling not in SAMPLINGS:
             raise ValueError(f"`sampling` must be one of {list(SAMPLINGS)}; "
                              f"got sampling={self.sampling!r}.")
         if self.optimizer not in OPTIMIZERS:
-            raise ValueError(f"`optimizer` must be one of {list(OPTIMIZERS)}; "
+            raise ValueError(f"`optimizer` must be one of {sorted(OPTIMIZERS)}; "
                              f"got optimizer={self.optimizer!r}.")
         self.schedule()  # checks the schedule's own arguments
         return self
 
+
+# How runs recorded before a setting existed trained: `threads` None, TensorFlow's default
+# thread count (unknown); `curve_test_examples` None, every evaluation scored the whole
+# test split.
+BEFORE_THEY_EXISTED = {"threads": None, "curve_test_examples": None}
 
 # The student reproduction: 1600 = 800 × 2, 300 epochs of 31 steps, Adam 1e-4,
 # rmax/dmax 1/0 until epoch 20, then linear to 1.5/0.5 at epoch 300.

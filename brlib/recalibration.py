@@ -10,19 +10,21 @@ from brlib.schedule import renorm_layers
 
 @contextlib.contextmanager
 def untouched(layers):
-    """Context manager: whatever the block does to `layers`' state is undone when it ends.
+    """Context manager: the layers' non-trainable state is put back when the block ends.
 
     A training-mode call moves a normalization layer's moving statistics and
     counters (its non-trainable variables); recalibration also changes its
     update rate (`momentum`). Both are saved on entry and put back on exit,
     even when the block raises, so that probing a model in training mode
-    leaves the training run as it was.
+    leaves the training run as it was. Trainable weights (γ, β, kernels) are
+    not saved: the block must not train.
 
         with br.untouched(br.renorm_layers(model)):
             outputs = model(images, training=True)
 
     Args:
-        layers: Keras layers, for example `brlib.renorm_layers(model)`.
+        layers: An iterable of Keras layers, for example
+            `brlib.renorm_layers(model)`.
     """
     layers = list(layers)
     variables = [(v, ops.convert_to_numpy(v)) for layer in layers
@@ -120,11 +122,13 @@ def _average_step_statistics(layers, inputs, forward, statistics):
 
 
 @contextlib.contextmanager
-def recalibrated(model, batches, forward=None):
+def recalibrated(model, batches, forward=None, passes=None):
     """Context manager: the model recalibrated on `batches` inside, as it was outside.
 
         with br.recalibrated(model, batches):
             accuracy = evaluate(model)
+
+    The arguments are `recalibrate`'s.
     """
     with untouched(renorm_layers(model)):
-        yield recalibrate(model, batches, forward)
+        yield recalibrate(model, batches, forward, passes)

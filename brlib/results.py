@@ -1,8 +1,8 @@
 """Result files and their statistics: CSVs, settings, `Results`, and paired differences.
 
-Everything that reads or writes experiment results lives here, without
-TensorFlow, so that figures and notebooks that only read results load fast
-and the runner and the plots agree on one format. What the arms and presets
+Everything that reads or writes experiment results lives here. It never
+imports TensorFlow itself, so the runner and the plots agree on one format
+and reading results works on every backend. What the arms and presets
 are is `brlib.protocol`'s.
 """
 
@@ -21,8 +21,9 @@ from brlib.protocol import ARMS, PRESETS, Preset, check_arms, reported
 
 # What every evaluation records. `train_accuracy` is the training-mode accuracy on the
 # training minibatches since the last evaluation; `val_accuracy_minibatch_stats` is the
-# test split in training mode, in groups of the arm's own size drawn as its training
-# groups are, so that each group is normalized by its own statistics. Inference minus
+# test split in training mode, in groups drawn as the preset's training groups are (of
+# the arm's own size; paired groups of 32 in a paired preset, for every arm), so that
+# each group is normalized by its own statistics. Inference minus
 # that accuracy is the train/inference mismatch. `train_loss` is measured in training
 # mode too, so `train_loss_inference` and `train_accuracy_inference` score the inference
 # model on fixed training examples instead. `test_examples` is how many test examples
@@ -200,9 +201,10 @@ class Results(collections.abc.Mapping):
         return self.preset.final_evaluations
 
     def final(self, arm, column="val_accuracy"):
-        """Per seed, `column` of `arm` at the end of the run, in %: the mean of its last
-        `last` evaluations."""
-        return 100 * final_values(self[arm][column], self.last)
+        """Per seed, `column` of `arm` at the end of the run: the mean of its last `last`
+        evaluations, in % for accuracies and clip fractions (`in_percent`), as recorded
+        for the others (losses)."""
+        return (100 if in_percent(column) else 1) * final_values(self[arm][column], self.last)
 
     def only(self, arms):
         """The same results with only `arms` (those of them that have results), in ARMS order."""
@@ -215,6 +217,11 @@ def load_results(results_dir, preset_name, arms=None):
     The preset is the one the directory's settings.json records; a directory
     without it (results copied by hand) is read with the named preset's
     current settings, which must then exist.
+
+    Args:
+        results_dir: The results root; the CSVs are in `<root>/<preset_name>/`.
+        preset_name: The preset's name.
+        arms: The arms to read; None for every arm with results.
     """
     results = {}
     for arm in check_arms(arms) if arms is not None else ARMS:
@@ -246,6 +253,12 @@ def load_preset(results_dir, preset_name):
         raise FileNotFoundError(f"{Path(results_dir, preset_name, SETTINGS_FILE)} is missing, and "
                                 f"{preset_name!r} is not one of the presets {sorted(PRESETS)}")
     return PRESETS[preset_name]
+
+
+def in_percent(column):
+    """Whether a recorded column is a fraction that results report in % (and differences in
+    points): the accuracies and the clipped fractions of r and d, not the losses."""
+    return "accuracy" in column or column in ("r_clipped", "d_clipped")
 
 
 def final_values(values, last):
@@ -281,7 +294,8 @@ def mean_band(values, level=0.95):
 
 @dataclasses.dataclass(frozen=True)
 class Difference:
-    """A paired per-seed difference between two arms, in accuracy points."""
+    """A paired per-seed difference between two arms: in points for accuracies, in the
+    column's own units for losses (see `in_percent`)."""
 
     arm: str
     reference: str
@@ -299,12 +313,15 @@ class Difference:
 
 
 def paired_difference(results, arm, reference, column="val_accuracy"):
-    """`arm` minus `reference` over the seeds both have, with a 95 % t-interval, in points.
+    """`arm` minus `reference` over the seeds both have, with a 95 % t-interval.
+
+    In points for accuracies, in the column's units for losses (`Results.final`).
 
     Args:
         results: `Results` of one preset; a run's final value is the mean of
             its last `results.last` evaluations.
-        arm, reference: Arm names that have results.
+        arm: The arm whose value comes first.
+        reference: The arm subtracted from it.
         column: The recorded quantity compared.
     """
     a, b = results[arm], results[reference]
@@ -357,6 +374,12 @@ def steady_state(results, arm, reference, column="val_accuracy"):
     steady state when the drift is no larger than the half-width of D's 95 %
     interval: over the last quarter the difference moved no more than the
     uncertainty of the number reported.
+
+    Args:
+        results: `Results` of one preset.
+        arm: The arm whose value comes first.
+        reference: The arm subtracted from it.
+        column: The recorded quantity compared.
     """
     a, b = results[arm], results[reference]
     common = sorted(set(a.seeds) & set(b.seeds))
@@ -380,6 +403,10 @@ def format_table(results, reference="batchnorm"):
     The last column checks each difference for a steady state (`steady_state`):
     its drift over the last quarter against its interval's half-width, with
     moving averages, then recalibrated.
+
+    Args:
+        results: `Results` of one preset; one row per arm.
+        reference: The arm every other arm is paired with.
     """
     lines = ["| arm | seeds | moving averages (%) | recalibrated (%) | "
              f"− {ARMS[reference].label}, moving averages | − {ARMS[reference].label}, "
@@ -428,7 +455,16 @@ NONIID_COLUMNS = (("train_accuracy", "training"),
 
 
 def within_arm_difference(results, arm, column, reference):
-    """`column` minus `reference` of one arm, paired by seed: (mean, (low, high)) in points."""
+    """`column` minus `reference` of one arm, paired by seed: (mean, (low, high)).
+
+    In points for accuracies, in the columns' units for losses (`Results.final`).
+
+    Args:
+        results: `Results` of one preset.
+        arm: The arm.
+        column: The recorded quantity that comes first.
+        reference: The recorded quantity subtracted from it.
+    """
     mean, _, interval = t_interval(results.final(arm, column) - results.final(arm, reference))
     return mean, interval
 
@@ -458,6 +494,8 @@ def format_noniid_table(results):
         lines.append("| " + " | ".join(cells) + " |")
     lines.append("")
     for arm, curves in results.items():
+        if not {"train_accuracy", "val_accuracy_minibatch_stats"} <= set(curves.columns):
+            continue  # results from before these columns existed
         gap, (low, high) = within_arm_difference(results, arm, "train_accuracy", "val_accuracy")
         gain, (g_low, g_high) = within_arm_difference(results, arm, "val_accuracy_minibatch_stats",
                                                       "val_accuracy")
@@ -541,13 +579,13 @@ class Gap:
 def gaps(results, named=PAIRING_GAPS, column="val_accuracy"):
     """The named differences whose two arms have results, as a list of Gap.
 
+    Each is paired over the seeds both arms have, from the mean of the preset's
+    last `final_evaluations` evaluations, with its steady-state check.
+
     Args:
         results: `Results` of one preset.
         named: (name, arm, reference) triples, such as `PAIRING_GAPS`.
         column: The recorded quantity compared.
-
-    Each is paired over the seeds both arms have, from the mean of the preset's
-    last `final_evaluations` evaluations, with its steady-state check.
     """
     preset = results.preset
     return [Gap(name, preset.name, preset.classes,

@@ -11,22 +11,8 @@ ipywidgets, IPython and matplotlib are imported when a panel is built.
 import numpy as np
 
 from brlib import diagnostics, plots
-from brlib._metadata import DISTRIBUTION, repository
-
-REPOSITORY = repository()  # GitHub owner/name, from [project.urls] in pyproject.toml
 
 
-def colab_url(notebook):
-    """The Colab address of a notebook of this repository."""
-    if REPOSITORY is None:
-        raise RuntimeError(f"brlib is not installed as `{DISTRIBUTION}`, so its repository "
-                           "is unknown; install it with `pip install -e .`.")
-    return f"https://colab.research.google.com/github/{REPOSITORY}/blob/main/notebooks/{notebook}"
-
-
-# ---------------------------------------------------------------------------
-# Builders
-# ---------------------------------------------------------------------------
 def _panel(sliders, draw):
     """Sliders above an output area; `draw(**values)` returns (figure, text or None)."""
     import ipywidgets as widgets

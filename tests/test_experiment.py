@@ -139,12 +139,12 @@ def test_checkpoints_are_keyed_by_variable_path(tmp_path):
     run = experiment.Run(preset, "batchrenorm", 0, tiny_data())
     for step in range(6):
         run.train_step(step)
-    saved = experiment.Checkpoint(tmp_path / "a.csv", run.checkpoint())
+    saved = experiment.RunCheckpoint(tmp_path / "a.csv", run.checkpoint())
     saved.save(6, [run.row(6, 0.0)])
     # More models in the process shift Keras's automatic names; fixed names keep the paths.
     keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
     fresh = experiment.Run(preset, "batchrenorm", 1, tiny_data())
-    loaded = experiment.Checkpoint(tmp_path / "a.csv", fresh.checkpoint())
+    loaded = experiment.RunCheckpoint(tmp_path / "a.csv", fresh.checkpoint())
     step, rows, _ = loaded.restore()
     assert step == 6 and len(rows) == 1
     for a, b in zip(run.variables, fresh.variables):
@@ -376,9 +376,9 @@ def test_pairs_run_restored_from_a_checkpoint_continues_as_if_uninterrupted(tmp_
     whole = rows(experiment.Run(preset, "batchrenorm", 0, data), range(8))
     first = experiment.Run(preset, "batchrenorm", 0, data)
     before = rows(first, range(4))
-    experiment.Checkpoint(tmp_path / "r.csv", first.checkpoint()).save(4, before)
+    experiment.RunCheckpoint(tmp_path / "r.csv", first.checkpoint()).save(4, before)
     resumed = experiment.Run(preset, "batchrenorm", 0, data)
-    step, _, _ = experiment.Checkpoint(tmp_path / "r.csv", resumed.checkpoint()).restore()
+    step, _, _ = experiment.RunCheckpoint(tmp_path / "r.csv", resumed.checkpoint()).restore()
     assert step == 4
     assert before + rows(resumed, range(4, 8)) == whole
 

@@ -62,10 +62,10 @@ def wrong_addresses(notebook_text, repository, name, version):
 
 def test_one_setting_names_the_repository_everywhere():
     import brlib
-    from brlib import widgets
+    from brlib import _metadata
 
     repository = repository_setting()
-    assert widgets.REPOSITORY == repository
+    assert _metadata.repository() == repository
     for path in sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb")):
         assert wrong_addresses(path.read_text(), repository, path.name, brlib.__version__) == [], path
 

@@ -90,8 +90,9 @@ def test_the_figures_context_tables_read_the_one_table_of_reported_numbers(tmp_p
     changed = tuple(dataclasses.replace(n, percent=n.percent + 0.05) for n in protocol.REPORTED)
     monkeypatch.setattr(protocol, "REPORTED", changed)
     for figure, preset in (("figure2", "quick"), ("figure3", "noniid_quick")):
-        fig, name = plots.preset_figure(results.load_results(tmp_path, preset))
-        assert name == f"{figure}_{preset}"
+        loaded = results.load_results(tmp_path, preset)
+        fig, name = plots.preset_figure(loaded)
+        assert name == f"{figure}_{preset}" == loaded.preset.figure
         cells = [c.get_text().get_text() for c in fig.axes[-1].tables[0].get_celld().values()]
         expected = [f"{n.percent:.1f}" for n in changed if n.figure == figure]
         assert [c for c in cells if c in expected] == expected  # every number, in order
@@ -209,3 +210,15 @@ def test_schedule_figure_draws_how_wide_the_recorded_corrections_are():
     assert len(fig.axes[1].patches) == 1  # the shaded warm-up
     assert not plots.schedule_figure(0, 3.0, 50, 5.0, 30, steps=100,
                                        recorded=(at, r_values, d_values)).axes[1].patches
+
+
+def test_a_choice_of_arms_gets_its_own_file_name(tmp_path):
+    write_runs(tmp_path, "batchnorm", [[0.3, 0.8], [0.4, 0.9]], last=1)
+    write_runs(tmp_path, "batchrenorm", [[0.3, 0.8], [0.4, 0.9]])
+    loaded = results.load_results(tmp_path, "quick")
+    fig, name = plots.preset_figure(loaded, ["batchrenorm", "baseline"])
+    assert name == "figure2_quick_batchrenorm"  # never the preset's own figure2_quick
+    assert [t.get_text() for t in fig.axes[0].get_legend().get_texts()][0].startswith("Batch Renorm")
+    with pytest.raises(ValueError, match="no results of the arms"):
+        plots.preset_figure(loaded, ["baseline"])
+

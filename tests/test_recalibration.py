@@ -131,6 +131,31 @@ def test_recalibrated_restores_everything_and_untouched_undoes_recalibrate():
         np.testing.assert_array_equal(value, before[path], err_msg=path)
 
 
+def test_recalibrated_passes_its_passes_on():
+    one, exact = small_model(), small_model()
+    br.recalibrate(one, batches(), passes=1)
+    probe = batches(1, seed=5)[0]
+    with br.recalibrated(exact, batches(), passes=1):
+        inside = exact(probe, training=False)
+    np.testing.assert_allclose(inside, one(probe, training=False), rtol=1e-6)
+
+
+def test_untouched_puts_back_every_non_trainable_variable_of_any_layer():
+    model = small_model()
+    keras_norm = keras.layers.BatchNormalization()
+    keras_norm.build((None, 3))
+    layers = [*br.renorm_layers(model), keras_norm]
+    before = [v.numpy().copy() for layer in layers for v in layer.non_trainable_variables]
+    with br.untouched(layers):
+        model(batches(1)[0], training=True)
+        keras_norm(np.ones((4, 3), np.float32) * 7, training=True)
+        layers[0].momentum = 0.0
+    after = [v.numpy() for layer in layers for v in layer.non_trainable_variables]
+    for a, b in zip(before, after):
+        np.testing.assert_array_equal(a, b)
+    assert layers[0].momentum != 0.0
+
+
 def test_a_compiled_forward_gives_the_same_statistics():
     import tensorflow as tf
 

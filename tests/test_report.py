@@ -51,3 +51,23 @@ def test_report_command_writes_the_page(tmp_path, capsys):
     assert cli.main(["report", "--results-dir", str(tmp_path / "results"), "--out", str(out)]) == 0
     assert out.read_text() == report.generate(tmp_path / "results")
     assert str(out) in capsys.readouterr().out
+
+
+def test_a_preset_whose_first_run_has_not_finished_has_no_section(tmp_path):
+    write_runs(tmp_path, "batchnorm", [[0.5, 0.6], [0.52, 0.62]])
+    write_settings(tmp_path)
+    write_settings(tmp_path, preset="cpu")  # settings recorded, no CSV yet
+    page = report.generate(tmp_path)
+    assert "## `quick`" in page and "## `cpu`" not in page
+
+
+def test_the_page_ends_with_every_reported_number():
+    page = report.generate(ROOT / "data" / "results")
+    section = page[page.index("## Reported numbers"):]
+    from brlib import protocol
+
+    rows = [line for line in section.splitlines() if line.startswith("| Figure")]
+    assert len(rows) == len(protocol.REPORTED)
+    for row, number in zip(rows, protocol.REPORTED):
+        assert f"| {number.percent:.1f} |" in row and protocol.ARMS[number.arm].label in row
+

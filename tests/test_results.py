@@ -161,7 +161,8 @@ def test_results_carry_their_preset_and_keep_the_arms_order(tmp_path):
     assert (loaded.preset.name, loaded.preset.steps, loaded.last) == ("quick", 40, 2)
     assert loaded.preset.widths == PRESETS["quick"].widths and loaded.preset.threads is None
     assert list(loaded) == ["batchnorm", "batchrenorm"]  # ARMS order, not the files' order
-    np.testing.assert_allclose(loaded.final("batchnorm"), [55.0, 80.0])
+    np.testing.assert_allclose(loaded.final("batchnorm"), [55.0, 80.0])  # accuracies in %
+    np.testing.assert_allclose(loaded.final("batchnorm", "train_loss"), [1.45, 1.2])  # losses as recorded
     only = loaded.only(["batchrenorm", "baseline"])  # arms without results are left out
     assert list(only) == ["batchrenorm"] and only.preset is loaded.preset
     with pytest.raises(ValueError, match="arms"):
@@ -285,3 +286,13 @@ def test_noniid_table_shows_the_inference_fit_of_training_examples_where_recorde
     assert table.splitlines()[3].startswith(f"| Batch Renorm | 2 | 60.00 ± 0.00 | 77.50 ± {sd:.2f} |")
     without = results.format_noniid_table(loaded.only(["batchnorm"]))
     assert "inference network" not in without
+
+
+def test_noniid_table_leaves_out_the_gaps_of_results_without_their_columns(tmp_path):
+    write_runs(tmp_path, "batchnorm", [[0.5], [0.6]], preset="noniid", pairs=([[0.6], [0.7]],
+               [[0.55], [0.65]]), last=1)
+    write_runs(tmp_path, "batchnorm_iid", [[0.55], [0.62]], preset="noniid")  # an older run
+    table = results.format_noniid_table(results.load_results(tmp_path, "noniid"))
+    assert "- Batchnorm: training − test +10.00" in table
+    assert "- Batchnorm, i.i.d. groups:" not in table
+

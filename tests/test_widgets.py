@@ -36,11 +36,6 @@ def test_other_explorers_build():
     assert len(sliders) == 5
 
 
-def test_colab_url():
-    assert widgets.colab_url("02_renorm_derivation.ipynb").endswith(
-        "/blob/main/notebooks/02_renorm_derivation.ipynb")
-
-
 def test_experiment_form_runs_compare_with_the_form_values(monkeypatch):
     pytest.importorskip("ipywidgets")
     from brlib import experiment
