@@ -15,8 +15,6 @@ unless BRLIB_REQUIRE_BOOK=1, which turns the skip into a failure.
 import importlib.util
 import os
 import re
-import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -26,31 +24,17 @@ from html.parser import HTMLParser
 from pathlib import Path
 from urllib.parse import unquote, urldefrag, urljoin, urlparse
 
+import chromium
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-# Debian's Chromium with the flags of tests/test_browser.py.
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update",
-                  "--disable-sync"]
 # What a page may fetch from elsewhere: the Colab badge (it links out of the book anyway).
 ALLOWED_EXTERNAL = re.compile(r"^https://colab\.research\.google\.com/assets/colab-badge\.svg$")
 WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
 
 
 def require(condition, reason):
-    if condition:
-        return
-    if os.environ.get("BRLIB_REQUIRE_BOOK") == "1":
-        pytest.fail(f"book test required but {reason}")
-    pytest.skip(reason)
-
-
-def free_port():
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+    chromium.require(condition, reason, "BRLIB_REQUIRE_BOOK")
 
 
 @pytest.fixture(scope="module")
@@ -76,7 +60,7 @@ def book_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def site_url(book_dir):
-    port = free_port()
+    port = chromium.free_port()
     server = subprocess.Popen([sys.executable, "-m", "http.server", str(port), "--bind",
                                "127.0.0.1", "--directory", str(book_dir)],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -162,14 +146,13 @@ INSPECT = """async () => {
 @pytest.fixture(scope="module")
 def visits(book_dir, site_url):
     """Opens every page once; returns {page: what INSPECT saw, plus errors and external requests}."""
-    require(importlib.util.find_spec("playwright") is not None, "playwright is not installed")
-    require(Path(CHROMIUM).exists(), "Debian's chromium is not installed")
+    chromium.require_chromium("BRLIB_REQUIRE_BOOK")
     from playwright.sync_api import sync_playwright
 
     host = urlparse(site_url).netloc
     seen = {}
     with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
+        browser = chromium.launch(playwright)
         context = browser.new_context(viewport={"width": 1280, "height": 900})
         external = []
         context.route(lambda url: urlparse(url).netloc != host,

@@ -10,35 +10,21 @@ into a failure. Screenshots go to artifacts/browser/ (git-ignored).
 import os
 import secrets
 import shutil
-import socket
 import subprocess
 import sys
 import time
 import urllib.request
 from pathlib import Path
 
+import chromium
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 ARTIFACTS = ROOT / "artifacts" / "browser"
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update",
-                  "--disable-sync"]
 
 
 def require(condition, reason):
-    if condition:
-        return
-    if os.environ.get("BRLIB_REQUIRE_BROWSER") == "1":
-        pytest.fail(f"browser test required but {reason}")
-    pytest.skip(reason)
-
-
-def free_port():
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+    chromium.require(condition, reason, "BRLIB_REQUIRE_BROWSER")
 
 
 @pytest.fixture
@@ -47,7 +33,7 @@ def jupyter_lab(tmp_path):
             "jupyterlab is not installed")
     served = tmp_path / "served"  # <copy>/notebooks, as the notebooks expect their repository
     shutil.copytree(ROOT / "notebooks", served / "notebooks")
-    port, token = free_port(), secrets.token_hex(16)
+    port, token = chromium.free_port(), secrets.token_hex(16)
     settings = tmp_path / "lab-settings"
     # Render every cell (JupyterLab 4 otherwise virtualizes cells out of view) and
     # keep the news prompt from covering the page.
@@ -129,14 +115,13 @@ def menu(page, top, item):
 
 def run_notebook(jupyter_lab, name, exercise):
     """Opens notebook `name`, clears its outputs, runs every cell, then calls exercise(page)."""
-    require(_has_module("playwright"), "playwright is not installed")
-    require(Path(CHROMIUM).exists(), "Debian's chromium is not installed")
+    chromium.require_chromium("BRLIB_REQUIRE_BROWSER")
     from playwright.sync_api import sync_playwright
 
     base, token = jupyter_lab
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
+        browser = chromium.launch(playwright)
         page = browser.new_page(viewport={"width": 1400, "height": 1000})
         page.goto(f"{base}/lab/tree/notebooks/{name}?token={token}")
         page.wait_for_selector(".jp-Notebook", timeout=60_000)
