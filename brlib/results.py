@@ -204,7 +204,7 @@ class Results(collections.abc.Mapping):
         """Per seed, `column` of `arm` at the end of the run: the mean of its last `last`
         evaluations, in % for accuracies and clip fractions (`in_percent`), as recorded
         for the others (losses)."""
-        return (100 if in_percent(column) else 1) * final_values(self[arm][column], self.last)
+        return scale_of(column) * final_values(self[arm][column], self.last)
 
     def only(self, arms):
         """The same results with only `arms` (those of them that have results), in ARMS order."""
@@ -259,6 +259,19 @@ def in_percent(column):
     """Whether a recorded column is a fraction that results report in % (and differences in
     points): the accuracies and the clipped fractions of r and d, not the losses."""
     return "accuracy" in column or column in ("r_clipped", "d_clipped")
+
+
+def scale_of(column):
+    """What a recorded value is multiplied by when reported: 100 for `in_percent` columns, else 1."""
+    return 100 if in_percent(column) else 1
+
+
+def _shared_seeds(results, arm, reference):
+    """The seeds that both arms have, in order, or a ValueError."""
+    common = sorted(set(results[arm].seeds) & set(results[reference].seeds))
+    if not common:
+        raise ValueError(f"arms {arm!r} and {reference!r} share no seed")
+    return common
 
 
 def final_values(values, last):
@@ -324,10 +337,7 @@ def paired_difference(results, arm, reference, column="val_accuracy"):
         reference: The arm subtracted from it.
         column: The recorded quantity compared.
     """
-    a, b = results[arm], results[reference]
-    common = sorted(set(a.seeds) & set(b.seeds))
-    if not common:
-        raise ValueError(f"arms {arm!r} and {reference!r} share no seed")
+    common = _shared_seeds(results, arm, reference)
     pick = lambda name: results.final(name, column)[[results[name].seeds.index(s)
                                                       for s in common]]
     mean, sd, (low, high) = t_interval(pick(arm) - pick(reference))
@@ -336,7 +346,8 @@ def paired_difference(results, arm, reference, column="val_accuracy"):
 
 @dataclasses.dataclass(frozen=True)
 class Steadiness:
-    """How far a paired difference moved over the last quarter of the runs, in points."""
+    """How far a paired difference moved over the last quarter of the runs, in the units of
+    `paired_difference` (points for accuracies)."""
 
     arm: str
     reference: str
@@ -382,13 +393,12 @@ def steady_state(results, arm, reference, column="val_accuracy"):
         column: The recorded quantity compared.
     """
     a, b = results[arm], results[reference]
-    common = sorted(set(a.seeds) & set(b.seeds))
-    if not common:
-        raise ValueError(f"arms {arm!r} and {reference!r} share no seed")
+    common = _shared_seeds(results, arm, reference)
     if not np.array_equal(a.steps, b.steps):
         raise ValueError(f"arms {arm!r} and {reference!r} were evaluated at different steps")
-    pick = lambda curves: 100 * np.asarray(curves[column])[[curves.seeds.index(s)
-                                                            for s in common]]
+    # In the units of `paired_difference`: points for accuracies, as recorded for losses.
+    pick = lambda curves: scale_of(column) * np.asarray(curves[column])[
+        [curves.seeds.index(s) for s in common]]
     deltas = pick(a) - pick(b)  # (seeds, evaluations)
     reported = final_values(deltas, results.last)
     in_last_quarter = a.steps >= 0.75 * a.steps[-1]
@@ -565,6 +575,8 @@ UNCLIPPED_GAPS = (("batch renorm, rmax = dmax = ∞ − batch renorm", "batchren
                    "batchrenorm"),
                   ("batch renorm, rmax = dmax = ∞, on pairs − batch norm i.i.d.",
                    "batchrenorm_unclipped", "batchnorm_iid"))
+
+
 @dataclasses.dataclass(frozen=True)
 class Gap:
     """One named paired difference of a preset, with its steady-state check."""

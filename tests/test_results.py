@@ -296,3 +296,14 @@ def test_noniid_table_leaves_out_the_gaps_of_results_without_their_columns(tmp_p
     assert "- Batchnorm: training − test +10.00" in table
     assert "- Batchnorm, i.i.d. groups:" not in table
 
+
+def test_steadiness_and_difference_of_a_loss_share_its_units(tmp_path):
+    rng = np.random.default_rng(2)
+    write_runs(tmp_path, "batchnorm", rng.uniform(0.5, 0.8, (4, 4)), last=2)
+    write_runs(tmp_path, "batchrenorm", rng.uniform(0.5, 0.8, (4, 4)))
+    loaded = results.load_results(tmp_path, "quick")
+    for column in ("train_loss", "val_accuracy"):  # a loss as recorded, an accuracy in points
+        diff = results.paired_difference(loaded, "batchrenorm", "batchnorm", column)
+        check = results.steady_state(loaded, "batchrenorm", "batchnorm", column)
+        assert check.half_width == pytest.approx((diff.high - diff.low) / 2)
+
