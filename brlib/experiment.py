@@ -46,8 +46,8 @@ from filelock import FileLock, Timeout  # noqa: E402
 import brlib.data  # noqa: E402
 from brlib.layers import BatchRenormalization  # noqa: E402
 from brlib.models import seed_convnet  # noqa: E402
-from brlib import protocol  # noqa: E402
 from brlib.protocol import ARMS, GROUP, PRESETS, check_arms  # noqa: E402
+from brlib.protocol import OPTIMIZERS as OPTIMIZER_CLASS_NAMES  # noqa: E402
 from brlib.recalibration import recalibrated, untouched  # noqa: E402
 from brlib.results import (SETTINGS_FILE, check_settings, read_csv, record_settings,  # noqa: E402
                            result_path, rows_to_csv, write_atomic)
@@ -58,7 +58,7 @@ from brlib.validation import check_integer, check_number  # noqa: E402
 
 
 # The optimizer classes of the names a preset may give (`brlib.protocol.OPTIMIZERS`).
-OPTIMIZERS = {name: getattr(keras.optimizers, cls) for name, cls in protocol.OPTIMIZERS.items()}
+OPTIMIZERS = {name: getattr(keras.optimizers, cls) for name, cls in OPTIMIZER_CLASS_NAMES.items()}
 
 
 def group_size(arm, preset):

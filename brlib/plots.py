@@ -94,8 +94,8 @@ def _reference_rows(figure):
         label = f"{number.source}: {short.get(number.arm, ARMS[number.arm].label)}"
         if number.quantity != "test":
             label += ", training" if number.quantity == "training" else ", minibatch stats"
-        if figure == "figure2" and number.arm != "baseline":  # the microbatch size
-            label += f" ({number.note.split(',')[0].removeprefix('microbatches of ')})"
+        if number.microbatch:
+            label += f" ({number.microbatch})"
         if number.source == "student":
             label += ",\nCIFAR-100"
         rows.append((label, f"{number.percent:.1f}"))

@@ -422,7 +422,12 @@ class Reported:
         quantity: "test" (validation, moving averages), "training" (training
             accuracy) or "minibatch" (validation with minibatch statistics).
         percent: The accuracy, in %.
-        note: Where and when it was read, as the source gives it.
+        from_figure: The source's figure that gives the number, when it is
+            not `figure` itself ("Figure 1").
+        microbatch: Examples normalized together, where the source compared
+            sizes.
+        steps: The training step at which it was read, where the source says.
+        remark: Anything else the source says of it.
     """
 
     figure: str
@@ -430,23 +435,35 @@ class Reported:
     arm: str
     quantity: str
     percent: float
-    note: str = ""
+    from_figure: str | None = None
+    microbatch: int | None = None
+    steps: int | None = None
+    remark: str = ""
+
+    @property
+    def note(self):
+        """Where and when it was read, as one line of text ("microbatches of 4, at 210k steps")."""
+        parts = [self.from_figure,
+                 self.microbatch and f"microbatches of {self.microbatch}",
+                 self.steps and f"at {self.steps // 1000}k steps", self.remark]
+        return ", ".join(part for part in parts if part)
 
 
 REPORTED = (
-    Reported("figure2", "paper", "baseline", "test", 78.3, "Figure 1, at 130k steps"),
-    Reported("figure2", "paper", "batchnorm", "test", 74.2, "microbatches of 4, at 210k steps"),
-    Reported("figure2", "paper", "batchrenorm", "test", 76.5, "microbatches of 4, at 130k steps"),
-    Reported("figure2", "student", "batchnorm", "test", 17.7, "microbatches of 2, CIFAR-100"),
-    Reported("figure2", "student", "batchrenorm", "test", 25.7, "microbatches of 2, CIFAR-100"),
+    Reported("figure2", "paper", "baseline", "test", 78.3, from_figure="Figure 1", steps=130_000),
+    Reported("figure2", "paper", "batchnorm", "test", 74.2, microbatch=4, steps=210_000),
+    Reported("figure2", "paper", "batchrenorm", "test", 76.5, microbatch=4, steps=130_000),
+    Reported("figure2", "student", "batchnorm", "test", 17.7, microbatch=2, remark="CIFAR-100"),
+    Reported("figure2", "student", "batchrenorm", "test", 25.7, microbatch=2, remark="CIFAR-100"),
     Reported("figure3", "paper", "batchnorm", "training", 72.8),
     Reported("figure3", "paper", "batchnorm", "test", 67.0),
     Reported("figure3", "paper", "batchnorm", "minibatch", 76.5,
-             "test groups of 25 labels × 2"),
-    Reported("figure3", "paper", "batchnorm_halves", "test", 77.4, "at 140k steps"),
+             remark="test groups of 25 labels × 2"),
+    Reported("figure3", "paper", "batchnorm_halves", "test", 77.4, steps=140_000),
     Reported("figure3", "paper", "batchrenorm", "test", 78.6,
-             "78.5 % at 120k steps, as with i.i.d. data"),
-    Reported("figure3", "paper", "batchnorm_iid", "test", 78.3, "Figure 1's baseline"),
+             remark="78.5 % at 120k steps, as with i.i.d. data"),
+    Reported("figure3", "paper", "batchnorm_iid", "test", 78.3, from_figure="Figure 1",
+             remark="its baseline"),
 )
 
 

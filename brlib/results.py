@@ -452,7 +452,7 @@ def _paper_cell(arm):
     cells = []
     for quantity in _PAPER_QUANTITIES:
         found = reported("figure3", "paper", arm, quantity)
-        cells.append(" ".join(f"{n.percent:.1f}" + (" (Figure 1)" if "Figure 1" in n.note else "")
+        cells.append(" ".join(f"{n.percent:.1f}" + (f" ({n.from_figure})" if n.from_figure else "")
                               for n in found) or "—")
     return " / ".join(cells)
 
