@@ -458,12 +458,12 @@ REPORTED = (
     Reported("figure3", "paper", "batchnorm", "training", 72.8),
     Reported("figure3", "paper", "batchnorm", "test", 67.0),
     Reported("figure3", "paper", "batchnorm", "minibatch", 76.5,
-             remark="test groups of 25 labels × 2"),
+             remark="test groups of 25 labels × 2 (50 examples)"),
     Reported("figure3", "paper", "batchnorm_halves", "test", 77.4, steps=140_000),
     Reported("figure3", "paper", "batchrenorm", "test", 78.6,
-             remark="78.5 % at 120k steps, as with i.i.d. data"),
+             remark="78.5 % at 120k steps, as batch renorm on i.i.d. data (Figure 1)"),
     Reported("figure3", "paper", "batchnorm_iid", "test", 78.3, from_figure="Figure 1",
-             remark="its baseline"),
+             steps=130_000, remark="the i.i.d. baseline, each worker's 32 examples"),
 )
 
 
