@@ -47,6 +47,8 @@ def _parser():
                                  "from the result files")
     report.add_argument("--results-dir", default="data/results")
     report.add_argument("--out", default="docs/results.md")
+    report.add_argument("--figures-dir", default="figures",
+                        help="where to draw the learning-rate sweeps' figures (default figures)")
     return parser
 
 
@@ -115,7 +117,7 @@ def _compare(args):
 def report(args):
     from brlib import report as results_page
 
-    print(results_page.write(args.results_dir, args.out))
+    print(results_page.write(args.results_dir, args.out, args.figures_dir))
 
 
 COMMANDS = {"reproduce": reproduce, "figure": figure, "report": report}

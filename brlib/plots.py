@@ -263,6 +263,89 @@ def class_sweep(sweep, others=(), title="What pairing costs, against the number 
     return fig
 
 
+def learning_rate_sweep(sweep, title=None):
+    """Figure 2 against the learning rate: each arm's final accuracy, and what separates them.
+
+    Left: per arm, the final test accuracy (moving averages) at each rate,
+    the seed mean with its 95 % t-interval; a cross marks a rate where a seed
+    diverged. Middle: renorm − batch norm over the same microbatches, paired
+    by seed, beside batch norm's own mismatch (inference − minibatch
+    statistics) and lag (recalibrated − moving averages), each with its
+    paired 95 % interval. Right: the numbers the paper and the student reproduction
+    reported, for context (another dataset and network).
+
+    Args:
+        sweep: {learning rate: Results}, from `brlib.results.load_learning_rate_sweep`.
+        title: The first panel's title; None names the swept preset.
+
+    Reference:
+        Sergey Ioffe, "Batch Renormalization: Towards Reducing Minibatch
+        Dependence in Batch-Normalized Models", NIPS 2017, arXiv:1702.03275,
+        Figure 2.
+    """
+    import matplotlib.pyplot as plt
+
+    from brlib.results import (SWEEP_PAIR, paired_difference, sweep_points)
+
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.6), width_ratios=[3, 3, 1.6])
+    points = sweep_points(sweep)
+    for arm in dict.fromkeys(p.arm for p in points):
+        mine = [p for p in points if p.arm == arm]
+        x = np.array([p.learning_rate for p in mine])
+        y = np.array([p.mean for p in mine])
+        error = np.array([[p.mean - p.low, p.high - p.mean] for p in mine]).T
+        fewest, most = min(p.seeds for p in mine), max(p.seeds for p in mine)
+        seeds = str(fewest) if fewest == most else f"{fewest}–{most}"
+        axes[0].errorbar(x, y, yerr=error, fmt="o-", color=ARMS[arm].color, capsize=3,
+                         label=f"{ARMS[arm].label} (n = {seeds})")
+        broke = [p for p in mine if p.diverged]
+        if broke:
+            axes[0].plot([p.learning_rate for p in broke], [p.mean for p in broke], "x",
+                         color="black", ms=10, label=f"{ARMS[arm].label}: a seed diverged")
+    axes[0].set(xscale="log", xlabel="learning rate (Adam)",
+                ylabel="final test accuracy (%), moving averages")
+    base = next(loaded.preset for loaded in sweep.values() if "_lr" not in loaded.preset.name)
+    axes[0].set_title(title or f"Figure 2 against the learning rate, preset '{base.name}'",
+                      loc="left", fontsize=10)
+    axes[0].legend(fontsize=7, title="mean over seeds, bars: 95 % interval", title_fontsize=7)
+
+    rates = [rate for rate, loaded in sweep.items() if all(arm in loaded for arm in SWEEP_PAIR)]
+    renorm, bn = SWEEP_PAIR[1], SWEEP_PAIR[0]
+    series = (
+        (f"{ARMS[renorm].label} − {ARMS[bn].label}", "tab:red", "o-",
+         lambda loaded: _as_tuple(paired_difference(loaded, renorm, bn))),
+        (f"{ARMS[bn].label}: mismatch (inference − minibatch statistics)", "tab:blue", "s--",
+         lambda loaded: paired_difference_within(loaded, bn, *MISMATCH)),
+        (f"{ARMS[bn].label}: recalibrated − moving averages (lag)", "tab:blue", "^:",
+         lambda loaded: paired_difference_within(loaded, bn, "val_accuracy_recalibrated",
+                                                 "val_accuracy")))
+    for index, (label, color, fmt, difference) in enumerate(series):
+        found = [difference(sweep[rate]) for rate in rates]
+        shift = 1.05 ** (index - 1)  # keeps the error bars apart on the log axis
+        axes[1].errorbar(np.array(rates) * shift, np.array([d[0] for d in found], dtype=float),
+                         yerr=np.array([[d[0] - d[1], d[2] - d[0]] for d in found]).T,
+                         fmt=fmt, color=color, capsize=3, label=label)
+    axes[1].axhline(0, color="black", lw=0.8)
+    axes[1].set(xscale="log", xlabel="learning rate (Adam)", ylabel="difference (points)")
+    axes[1].set_title("paired by seed, bars: 95 % interval", loc="left", fontsize=10)
+    axes[1].legend(fontsize=7)
+    for ax in axes[:2]:
+        ax.grid(alpha=0.3)
+    _reference_table(axes[2], _reference_rows("figure2"))
+    fig.tight_layout()
+    return fig
+
+
+def _as_tuple(difference):
+    return difference.mean, difference.low, difference.high
+
+
+def paired_difference_within(results, arm, column, reference):
+    """(mean, low, high) of `column` − `reference` within one arm, paired by seed, in points."""
+    mean, (low, high) = within_arm_difference(results, arm, column, reference)
+    return mean, low, high
+
+
 # ---------------------------------------------------------------------------
 # The notebooks' figures of r, d, partners and the schedule (the widgets redraw them)
 # ---------------------------------------------------------------------------

@@ -143,6 +143,13 @@ def record_settings(directory, settings):
     return Path(directory) / SETTINGS_FILE
 
 
+def has_results(results_dir, preset_name):
+    """Whether a preset has a finished run: a result CSV (not an unfinished run's hidden
+    .partial.csv)."""
+    return any(not path.name.startswith(".")
+               for path in Path(results_dir, preset_name).glob("*_seed*.csv"))
+
+
 def load_settings(results_dir, preset_name):
     """The settings recorded beside a preset's results, or None."""
     path = Path(results_dir) / preset_name / SETTINGS_FILE
@@ -613,4 +620,179 @@ def format_gaps(found):
     for gap in found:
         lines.append(f"| {gap.name} | `{gap.preset}` | {gap.classes} | {gap.difference.seeds} | "
                      f"{format_difference(gap.difference)} | {gap.steadiness} |")
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------
+# Figure 2 against the learning rate
+# ---------------------------------------------------------------------------
+# The arms of the sweep, and the two that "best for both" weighs equally: batch norm and
+# renorm over the same microbatches.
+SWEEP_ARMS = ("batchnorm", "batchrenorm", "baseline")
+SWEEP_PAIR = ("batchnorm", "batchrenorm")
+
+
+def load_learning_rate_sweep(results_dir, base_name):
+    """{learning rate: Results} of the sweep of preset `base_name`, rates with results only.
+
+    The rates are `brlib.protocol.SWEEP_LEARNING_RATES`; at the base preset's own
+    rate the results are the base preset's (`protocol.learning_rate_sweep`).
+
+    Args:
+        results_dir: The results root.
+        base_name: The swept preset ("quick" or "cpu").
+    """
+    from brlib.protocol import get_preset, learning_rate_sweep
+
+    sweep = {}
+    for rate, preset in sorted(learning_rate_sweep(get_preset(base_name)).items()):
+        if has_results(results_dir, preset.name):
+            sweep[rate] = load_results(results_dir, preset.name)
+    if not sweep:
+        raise FileNotFoundError(f"no learning-rate sweep of {base_name!r} in {results_dir}")
+    return sweep
+
+
+def diverged_seeds(results, arm):
+    """The seeds of `arm` whose training loss is not finite at the last evaluation."""
+    curves = results[arm]
+    last = np.asarray(curves["train_loss"], dtype=float)[:, -1]
+    return [seed for seed, loss in zip(curves.seeds, last) if not np.isfinite(loss)]
+
+
+@dataclasses.dataclass(frozen=True)
+class SweepPoint:
+    """One arm at one learning rate: its final value over seeds, with a 95 % t-interval."""
+
+    arm: str
+    learning_rate: float
+    preset: str
+    seeds: int
+    mean: float
+    low: float
+    high: float
+    diverged: int
+
+
+def sweep_points(sweep, column="val_accuracy"):
+    """Every (arm, rate) of a sweep with results, as SweepPoints in rate order.
+
+    A diverged seed stays in its point with whatever it scored; `diverged`
+    counts such seeds.
+    """
+    points = []
+    for rate, loaded in sweep.items():
+        for arm in SWEEP_ARMS:
+            if arm not in loaded:
+                continue
+            mean, _, (low, high) = t_interval(loaded.final(arm, column))
+            points.append(SweepPoint(arm, rate, loaded.preset.name, len(loaded[arm].seeds),
+                                     float(mean), float(low), float(high),
+                                     len(diverged_seeds(loaded, arm))))
+    return points
+
+
+def best_learning_rates(sweep, column="val_accuracy"):
+    """Each arm's best rate (highest mean final value), and "both": the rate whose mean of
+    batch norm's and renorm's means is highest. Returns {arm or "both": rate}."""
+    means = {(p.arm, p.learning_rate): p.mean for p in sweep_points(sweep, column)}
+    best = {}
+    for arm in SWEEP_ARMS:
+        rates = [rate for (name, rate) in means if name == arm]
+        if rates:
+            best[arm] = max(rates, key=lambda rate: means[arm, rate])
+    shared = [rate for rate in sweep if all((arm, rate) in means for arm in SWEEP_PAIR)]
+    if shared:
+        best["both"] = max(shared, key=lambda rate: sum(means[arm, rate] for arm in SWEEP_PAIR))
+    return best
+
+
+def at_learning_rates(sweep, rates):
+    """One `Results` that holds each arm at its own rate: {arm: rate} picks the runs, so
+    that paired differences compare every arm at its rate, paired by seed (a seed fixes
+    the initial weights and the minibatches at every rate)."""
+    first = sweep[next(iter(rates.values()))]
+    return Results(first.preset, {arm: sweep[rate][arm] for arm, rate in rates.items()
+                                  if rate in sweep and arm in sweep[rate]})
+
+
+def _rate(rate):
+    return f"{rate:g}"
+
+
+def format_sweep_table(sweep, column="val_accuracy"):
+    """A Markdown table of the sweep: per rate, each arm's final value (mean [95 % interval],
+    seeds, diverged seeds), and renorm − batch norm paired by seed."""
+    points = {(p.arm, p.learning_rate): p for p in sweep_points(sweep, column)}
+    lines = ["| learning rate | " + " | ".join(f"{ARMS[arm].label} (%)" for arm in SWEEP_ARMS)
+             + f" | {ARMS['batchrenorm'].label} − {ARMS['batchnorm'].label} | steady |",
+             "|---|" + "---|" * (len(SWEEP_ARMS) + 2)]
+    for rate, loaded in sweep.items():
+        cells = [_rate(rate)]
+        for arm in SWEEP_ARMS:
+            point = points.get((arm, rate))
+            cells.append("—" if point is None else
+                         f"{point.mean:.2f} [{point.low:.2f}, {point.high:.2f}], "
+                         f"n = {point.seeds}" + (f", {point.diverged} diverged"
+                                                 if point.diverged else ""))
+        if all(arm in loaded for arm in SWEEP_PAIR):
+            cells.append(format_difference(paired_difference(loaded, "batchrenorm", "batchnorm",
+                                                             column)))
+            cells.append(str(steady_state(loaded, "batchrenorm", "batchnorm", column)))
+        else:
+            cells += ["—", "—"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def format_sweep_mismatch_table(sweep):
+    """A Markdown table of the mismatch and the lag (`WITHIN_ARM`) of batch norm and renorm
+    over microbatches at every rate, each paired by seed within the arm, in points."""
+    arms = SWEEP_PAIR
+    lines = ["| learning rate | " + " | ".join(f"{ARMS[arm].label}: {name}" for arm in arms
+                                               for name, *_ in WITHIN_ARM) + " |",
+             "|---|" + "---|" * (len(arms) * len(WITHIN_ARM))]
+    for rate, loaded in sweep.items():
+        cells = [_rate(rate)]
+        for arm in arms:
+            for _, column, reference, _ in WITHIN_ARM:
+                if arm not in loaded:
+                    cells.append("—")
+                    continue
+                mean, (low, high) = within_arm_difference(loaded, arm, column, reference)
+                cells.append(f"{mean:+.2f} [{low:+.2f}, {high:+.2f}]")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def format_best_table(sweep, column="val_accuracy"):
+    """A Markdown table of the comparisons at chosen rates: the base preset's own rate,
+    the rate best for batch norm and renorm together, and each arm at its own best.
+
+    Each row gives the rates, renorm − batch norm and batch norm over groups of 32 −
+    batch norm over microbatches, paired by seed, with their steady-state checks.
+    """
+    best = best_learning_rates(sweep, column)
+    base = next(rate for rate, loaded in sweep.items() if "_lr" not in loaded.preset.name)
+    choices = [("the preset's own rate", {arm: base for arm in SWEEP_ARMS})]
+    if "both" in best:
+        choices.append(("best for batch norm and renorm together",
+                        {arm: best["both"] for arm in SWEEP_ARMS}))
+    choices.append(("each arm at its own best", {arm: best[arm] for arm in SWEEP_ARMS
+                                                  if arm in best}))
+    lines = ["| rates | " + " | ".join(f"{ARMS[arm].label}" for arm in SWEEP_ARMS) +
+             f" | {ARMS['batchrenorm'].label} − {ARMS['batchnorm'].label} | steady | "
+             f"{ARMS['baseline'].label} − {ARMS['batchnorm'].label} | steady |",
+             "|---|" + "---|" * (len(SWEEP_ARMS) + 4)]
+    for name, rates in choices:
+        loaded = at_learning_rates(sweep, rates)
+        cells = [name] + [_rate(rates[arm]) if arm in rates else "—" for arm in SWEEP_ARMS]
+        for arm in ("batchrenorm", "baseline"):
+            if arm in loaded and "batchnorm" in loaded:
+                cells.append(format_difference(paired_difference(loaded, arm, "batchnorm",
+                                                                 column)))
+                cells.append(str(steady_state(loaded, arm, "batchnorm", column)))
+            else:
+                cells += ["—", "—"]
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)

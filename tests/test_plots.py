@@ -222,3 +222,27 @@ def test_a_choice_of_arms_gets_its_own_file_name(tmp_path):
     with pytest.raises(ValueError, match="no results of the arms"):
         plots.preset_figure(loaded, ["baseline"])
 
+
+
+def test_learning_rate_figure_draws_each_arms_points_and_the_paired_differences(tmp_path):
+    from test_results import SWEEP, write_sweep
+
+    write_sweep(tmp_path, SWEEP)
+    sweep = results.load_learning_rate_sweep(tmp_path, "quick")
+    fig = plots.learning_rate_sweep(sweep)
+    accuracy, differences = fig.axes[:2]
+    # Each errorbar's container carries the label; its first line is the data.
+    lines = {bars.get_label(): bars.lines[0] for bars in accuracy.containers}
+    for arm in ("batchnorm", "batchrenorm", "baseline"):
+        line = lines[f"{br.protocol.ARMS[arm].label} (n = 3)"]
+        np.testing.assert_allclose(line.get_xdata(), [1e-3, 1e-2, 3e-2])
+        np.testing.assert_allclose(line.get_ydata(),
+                                   [100 * np.mean(SWEEP[rate][arm]) for rate in SWEEP])
+    lines = {bars.get_label(): bars.lines[0] for bars in differences.containers}
+    renorm = lines["Batch Renorm − Batchnorm"]
+    np.testing.assert_allclose(renorm.get_ydata(), [
+        100 * np.mean(np.subtract(SWEEP[rate]["batchrenorm"], SWEEP[rate]["batchnorm"]))
+        for rate in SWEEP])
+    mismatch = next(line for label, line in lines.items() if "mismatch" in label)
+    np.testing.assert_allclose(mismatch.get_ydata(), [5.0, 5.0, 5.0])
+    assert accuracy.get_xscale() == "log"

@@ -71,3 +71,19 @@ def test_the_page_ends_with_every_reported_number():
     for row, number in zip(rows, protocol.REPORTED):
         assert f"| {number.percent:.1f} |" in row and protocol.ARMS[number.arm].label in row
 
+
+
+def test_the_learning_rate_sweep_has_one_section_and_its_figure(tmp_path):
+    from test_results import SWEEP, write_sweep
+
+    write_sweep(tmp_path / "results", SWEEP)
+    page = report.generate(tmp_path / "results")
+    # The sweep's presets are shown together, not each in a section of its own.
+    assert "## `quick`" in page and "## `quick_lr0.01`" not in page
+    section = page[page.index("## Figure 2 against the learning rate"):]
+    assert "(../figures/figure2_quick_learning_rates.png)" in section
+    assert results.format_sweep_table(results.load_learning_rate_sweep(
+        tmp_path / "results", "quick")) in section
+    paths = report.draw_sweep_figures(tmp_path / "results", tmp_path / "figures")
+    assert sorted(p.name for p in paths) == ["figure2_quick_learning_rates.png",
+                                             "figure2_quick_learning_rates.svg"]

@@ -307,3 +307,112 @@ def test_steadiness_and_difference_of_a_loss_share_its_units(tmp_path):
         check = results.steady_state(loaded, "batchrenorm", "batchnorm", column)
         assert check.half_width == pytest.approx((diff.high - diff.low) / 2)
 
+
+
+# ---------------------------------------------------------------------------
+# Figure 2 against the learning rate
+# ---------------------------------------------------------------------------
+def write_sweep(root, finals, rng_seed=0):
+    """Runs of the three sweep arms of `quick` at each rate of `finals` ({rate: {arm: per-seed
+    final accuracies}}), each a curve of three evaluations that ends at its final value."""
+    rng = np.random.default_rng(rng_seed)
+    for rate, arms in finals.items():
+        name = "quick" if rate == PRESETS["quick"].learning_rate else f"quick_lr{rate:g}"
+        for arm, values in arms.items():
+            values = np.asarray(values)
+            curves = np.stack([values - 0.2, values + rng.normal(0, 0.01, len(values)), values], 1)
+            minibatch = curves - 0.05 * (arm == "batchnorm")
+            write_runs(root, arm, curves, preset=name, last=1,
+                       pairs=(curves, minibatch))
+
+
+SWEEP = {1e-3: {"batchnorm": [0.80, 0.81, 0.79], "batchrenorm": [0.83, 0.83, 0.82],
+                "baseline": [0.84, 0.85, 0.84]},
+         1e-2: {"batchnorm": [0.86, 0.87, 0.85], "batchrenorm": [0.86, 0.86, 0.85],
+                "baseline": [0.88, 0.89, 0.88]},
+         3e-2: {"batchnorm": [0.85, 0.84, 0.86], "batchrenorm": [0.87, 0.86, 0.86],
+                "baseline": [0.87, 0.88, 0.86]}}
+
+
+def test_the_sweep_reads_the_base_preset_at_its_own_rate_and_the_others_by_name(tmp_path):
+    write_sweep(tmp_path, SWEEP)
+    sweep = results.load_learning_rate_sweep(tmp_path, "quick")
+    assert list(sweep) == [1e-3, 1e-2, 3e-2]
+    assert [loaded.preset.name for loaded in sweep.values()] == [
+        "quick", "quick_lr0.01", "quick_lr0.03"]
+    assert sweep[1e-2].preset.learning_rate == 1e-2
+    # An unfinished run's hidden partial file is not a result.
+    (tmp_path / "quick_lr0.003").mkdir()
+    (tmp_path / "quick_lr0.003" / ".batchnorm_seed0.partial.csv").write_text("step\n")
+    assert list(results.load_learning_rate_sweep(tmp_path, "quick")) == [1e-3, 1e-2, 3e-2]
+    with pytest.raises(FileNotFoundError, match="no learning-rate sweep"):
+        results.load_learning_rate_sweep(tmp_path / "nothing", "quick")
+
+
+def test_sweep_points_are_scipy_t_intervals_of_the_final_accuracies(tmp_path):
+    write_sweep(tmp_path, SWEEP)
+    points = results.sweep_points(results.load_learning_rate_sweep(tmp_path, "quick"))
+    assert len(points) == 9
+    for point in points:
+        values = 100 * np.asarray(SWEEP[point.learning_rate][point.arm])
+        low, high = stats.t.interval(0.95, 2, loc=values.mean(), scale=stats.sem(values))
+        np.testing.assert_allclose([point.mean, point.low, point.high],
+                                   [values.mean(), low, high])
+        assert point.seeds == 3 and point.diverged == 0
+
+
+def test_a_diverged_seed_is_counted_and_kept(tmp_path):
+    write_sweep(tmp_path, SWEEP)
+    path = tmp_path / "quick_lr0.03" / "batchnorm_seed1.csv"
+    lines = path.read_text().splitlines()
+    header = lines[0].split(",")
+    last = lines[-1].split(",")
+    last[header.index("train_loss")] = "nan"
+    path.write_text("\n".join(lines[:-1] + [",".join(last)]) + "\n")
+    sweep = results.load_learning_rate_sweep(tmp_path, "quick")
+    assert results.diverged_seeds(sweep[3e-2], "batchnorm") == [1]
+    point = next(p for p in results.sweep_points(sweep)
+                 if p.arm == "batchnorm" and p.learning_rate == 3e-2)
+    assert point.diverged == 1 and point.seeds == 3
+    assert "1 diverged" in results.format_sweep_table(sweep)
+
+
+def test_best_rates_are_each_arms_highest_mean_and_the_pairs_highest_average(tmp_path):
+    write_sweep(tmp_path, SWEEP)
+    sweep = results.load_learning_rate_sweep(tmp_path, "quick")
+    means = {(rate, arm): np.mean(values) for rate, arms in SWEEP.items()
+             for arm, values in arms.items()}
+    expected = {arm: max(SWEEP, key=lambda rate: means[rate, arm])
+                for arm in ("batchnorm", "batchrenorm", "baseline")}
+    expected["both"] = max(SWEEP, key=lambda rate: means[rate, "batchnorm"]
+                           + means[rate, "batchrenorm"])
+    assert results.best_learning_rates(sweep) == expected
+    # Neither arm's own best is "both" here: the two arms disagree, and 1e-2 sums highest.
+    assert expected == {"batchnorm": 1e-2, "batchrenorm": 3e-2, "baseline": 1e-2, "both": 1e-2}
+
+
+def test_arms_at_their_own_rates_are_paired_by_seed_across_presets(tmp_path):
+    write_sweep(tmp_path, SWEEP)
+    sweep = results.load_learning_rate_sweep(tmp_path, "quick")
+    mixed = results.at_learning_rates(sweep, {"batchnorm": 1e-2, "batchrenorm": 3e-2})
+    deltas = 100 * (np.array(SWEEP[3e-2]["batchrenorm"]) - np.array(SWEEP[1e-2]["batchnorm"]))
+    low, high = stats.t.interval(0.95, 2, loc=deltas.mean(), scale=stats.sem(deltas))
+    diff = results.paired_difference(mixed, "batchrenorm", "batchnorm")
+    np.testing.assert_allclose([diff.mean, diff.low, diff.high], [deltas.mean(), low, high])
+    table = results.format_best_table(sweep)
+    own = next(line for line in table.splitlines() if line.startswith("| each arm at its own"))
+    assert f"{deltas.mean():+.2f} [{low:+.2f}, {high:+.2f}]" in own
+    assert "| the preset's own rate | 0.001 | 0.001 | 0.001 |" in table
+
+
+def test_the_sweep_tables_give_each_rates_paired_difference_and_mismatch(tmp_path):
+    write_sweep(tmp_path, SWEEP)
+    sweep = results.load_learning_rate_sweep(tmp_path, "quick")
+    table = results.format_sweep_table(sweep)
+    row = next(line for line in table.splitlines() if line.startswith("| 0.01 |"))
+    deltas = 100 * (np.array(SWEEP[1e-2]["batchrenorm"]) - np.array(SWEEP[1e-2]["batchnorm"]))
+    low, high = stats.t.interval(0.95, 2, loc=deltas.mean(), scale=stats.sem(deltas))
+    assert f"{deltas.mean():+.2f} [{low:+.2f}, {high:+.2f}]" in row
+    mismatch = results.format_sweep_mismatch_table(sweep)
+    row = next(line for line in mismatch.splitlines() if line.startswith("| 0.03 |"))
+    assert row.split(" | ")[1] == "+5.00 [+5.00, +5.00]"  # batch norm's, written as 0.05
