@@ -48,6 +48,9 @@ def jupyter_lab(tmp_path):
     server = subprocess.Popen(
         [sys.executable, "-m", "jupyterlab", "--no-browser", f"--ServerApp.port={port}",
          "--ServerApp.ip=127.0.0.1", f"--IdentityProvider.token={token}",
+         # window.jupyterapp, so that the test runs JupyterLab's commands by their ids
+         # instead of clicking menu labels that change between releases.
+         "--LabApp.expose_app_in_browser=True",
          f"--ServerApp.root_dir={served}", "--ServerApp.port_retries=0"]
         + (["--allow-root"] if os.geteuid() == 0 else []),
         env=env, stdout=subprocess.DEVNULL, stderr=open(tmp_path / "lab.log", "w"))
@@ -108,9 +111,18 @@ def wait_until(page, condition, seconds=60, ceiling=1200):
         time.sleep(0.25)
 
 
-def menu(page, top, item):
-    page.locator(".lm-MenuBar-itemLabel", has_text=top).first.click()
-    page.locator(".lm-Menu-itemLabel", has_text=item).first.click()
+KERNEL_READY = """() => {
+    const panel = window.jupyterapp.shell.currentWidget;
+    const kernel = panel && panel.sessionContext && panel.sessionContext.session
+        && panel.sessionContext.session.kernel;
+    return Boolean(kernel) && kernel.connectionStatus === "connected" && kernel.status === "idle";
+}"""
+
+
+def command(page, name):
+    """Starts JupyterLab command `name` (such as "notebook:run-all-cells") without waiting
+    for it to finish."""
+    page.evaluate("name => { window.jupyterapp.commands.execute(name); }", name)
 
 
 def run_notebook(jupyter_lab, name, exercise):
@@ -127,9 +139,13 @@ def run_notebook(jupyter_lab, name, exercise):
         page.wait_for_selector(".jp-Notebook", timeout=60_000)
         page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle']",
                                timeout=120_000)
+        page.wait_for_function("() => window.jupyterapp !== undefined", timeout=60_000)
+        # The indicator can read idle before the kernel's connection is up, and a command
+        # sent then runs nothing or asks for a kernel: wait for the connected, idle kernel.
+        page.wait_for_function(KERNEL_READY, timeout=120_000, polling=250)
         # Drop the saved outputs so that everything checked below comes from the live kernel.
-        menu(page, "Edit", "Clear Outputs of All Cells")
-        menu(page, "Run", "Run All Cells")
+        command(page, "notebook:clear-all-cell-outputs")
+        command(page, "notebook:run-all-cells")
         try:
             return exercise(page)
         except Exception:
