@@ -49,6 +49,9 @@ def _parser():
     report.add_argument("--out", default="docs/results.md")
     report.add_argument("--figures-dir", default="figures",
                         help="where to draw the learning-rate sweeps' figures (default figures)")
+    report.add_argument("--readme", default="README.md",
+                        help="the README whose findings block to regenerate (default README.md; "
+                        "'' for none)")
     return parser
 
 
@@ -118,6 +121,8 @@ def report(args):
     from brlib import report as results_page
 
     print(results_page.write(args.results_dir, args.out, args.figures_dir))
+    if args.readme:
+        print(results_page.write_findings(args.results_dir, args.readme))
 
 
 COMMANDS = {"reproduce": reproduce, "figure": figure, "report": report}

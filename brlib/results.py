@@ -635,7 +635,7 @@ SWEEP_PAIR = ("batchnorm", "batchrenorm")
 def load_learning_rate_sweep(results_dir, base_name):
     """{learning rate: Results} of the sweep of preset `base_name`, rates with results only.
 
-    The rates are `brlib.protocol.SWEEP_LEARNING_RATES`; at the base preset's own
+    The rates are `brlib.protocol.learning_rate_sweep`'s; at the base preset's own
     rate the results are the base preset's (`protocol.learning_rate_sweep`).
 
     Args:

@@ -4,6 +4,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 from scipy import stats
 from test_results import write_runs
 
@@ -48,9 +49,27 @@ def test_report_command_writes_the_page(tmp_path, capsys):
     write_runs(tmp_path / "results", "batchnorm", [[0.5, 0.6], [0.55, 0.62]])
     write_settings(tmp_path / "results")
     out = tmp_path / "docs" / "results.md"
-    assert cli.main(["report", "--results-dir", str(tmp_path / "results"), "--out", str(out)]) == 0
+    assert cli.main(["report", "--results-dir", str(tmp_path / "results"), "--out", str(out),
+                     "--readme", ""]) == 0
     assert out.read_text() == report.generate(tmp_path / "results")
     assert str(out) in capsys.readouterr().out
+
+
+def test_report_command_regenerates_the_readme_findings(tmp_path):
+    from test_results import SWEEP, write_sweep
+
+    write_sweep(tmp_path / "results", {rate: SWEEP[rate] for rate in (1e-3, 1e-2)})
+    # The command's findings are cpu's; here cpu's sweep is quick's runs under its names.
+    for directory in (tmp_path / "results").iterdir():
+        directory.rename(tmp_path / "results" / directory.name.replace("quick", "cpu"))
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# Title\n\n{report.FINDINGS_BEGIN}\nold\n{report.FINDINGS_END}\n\nEnd.\n")
+    assert cli.main(["report", "--results-dir", str(tmp_path / "results"),
+                     "--out", str(tmp_path / "results.md"), "--figures-dir", str(tmp_path / "figures"),
+                     "--readme", str(readme)]) == 0
+    text = readme.read_text()
+    assert text.startswith("# Title\n\n") and text.endswith("\n\nEnd.\n") and "old" not in text
+    assert report.findings(tmp_path / "results") in text
 
 
 def test_a_preset_whose_first_run_has_not_finished_has_no_section(tmp_path):
@@ -87,3 +106,38 @@ def test_the_learning_rate_sweep_has_one_section_and_its_figure(tmp_path):
     paths = report.draw_sweep_figures(tmp_path / "results", tmp_path / "figures")
     assert sorted(p.name for p in paths) == ["figure2_quick_learning_rates.png",
                                              "figure2_quick_learning_rates.svg"]
+
+
+def test_the_committed_readme_findings_are_what_the_results_generate():
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    assert readme == report.with_findings(readme, ROOT / "data" / "results"), (
+        "README.md's findings are stale: run `python -m brlib report`")
+
+
+def test_findings_give_renorm_against_batch_norm_at_the_own_and_the_best_rate(tmp_path):
+    from test_results import SWEEP, write_sweep
+
+    write_sweep(tmp_path, SWEEP)
+    lines = report.findings(tmp_path, swept="quick").splitlines()
+    assert len(lines) == 2  # no Figure 3 presets here
+    for line, rate in zip(lines, (1e-3, 1e-2)):  # 1e-2 has the highest mean of the two arms
+        finals = {arm: 100 * np.array(SWEEP[rate][arm]) for arm in ("batchnorm", "batchrenorm")}
+        deltas = finals["batchrenorm"] - finals["batchnorm"]
+        low, high = stats.t.interval(0.95, len(deltas) - 1, loc=deltas.mean(),
+                                     scale=stats.sem(deltas))
+        assert f"Adam at {rate:g}" in line
+        assert f"batch renorm − batch norm {deltas.mean():+.2f} [{low:+.2f}, {high:+.2f}]" in line
+
+
+def test_a_readme_without_the_findings_markers_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="findings block"):
+        report.with_findings("# A README\n", tmp_path)
+    readme = tmp_path / "README.md"
+    readme.write_text(f"before\n{report.FINDINGS_BEGIN}\nold\n{report.FINDINGS_END}\nafter\n")
+    from test_results import SWEEP, write_sweep
+
+    write_sweep(tmp_path / "results", SWEEP)
+    (tmp_path / "results" / "cpu").mkdir()  # no sweep of cpu: refused by name
+    with pytest.raises(FileNotFoundError, match="cpu"):
+        report.write_findings(tmp_path / "results", readme)
+    assert "old" in readme.read_text()  # left as it was
