@@ -117,10 +117,16 @@ def to_renorm(model, microbatch_size=None, rmax=1.0, dmax=0.0, **layer_kwargs):
     accepted = _init_arguments(target)
     _check_layer_kwargs("to_renorm", layer_kwargs, accepted, "brlib.BatchRenormalization",
                         excluded=("rmax", "dmax", "microbatch_size") + _KERAS_RENORM)
-    settings = {"rmax": float(rmax), "dmax": float(dmax), "microbatch_size": microbatch_size}
     # The moving statistic of spread that the new layers keep: σ unless a
     # version of the layer that can keep a variance is asked to.
     kind = layer_kwargs.get("moving_statistic") or "stddev"
+    # Spelled out, so that the layer's defaults cannot change what a conversion gives:
+    # the bounds are rmax and dmax until a RenormSchedule moves them (no warm-up in the
+    # layer, unless `layer_kwargs` asks for one).
+    settings = {"rmax": float(rmax), "dmax": float(dmax), "microbatch_size": microbatch_size,
+                "moving_statistic": kind}
+    if "warmup_steps" in accepted:
+        settings["warmup_steps"] = None
 
     def make(layer):
         config = _shared_settings(layer, accepted, "brlib.BatchRenormalization")
@@ -470,6 +476,16 @@ class _Conversion:
         try:
             return layer.__class__.from_config(layer.get_config())
         except Exception as error:
+            if isinstance(layer, keras.layers.Lambda):
+                # Its config holds the function as Python bytecode, which Keras's safe mode
+                # refuses to load: advice about get_config would not help.
+                raise TypeError(
+                    f"{self.function} copies layer '{layer.name}', a keras.layers.Lambda, "
+                    "from its config, which holds the function as Python bytecode; Keras "
+                    "loads that only outside safe mode. If you trust the model, call "
+                    "`keras.config.enable_unsafe_deserialization()` first, or replace the "
+                    f"Lambda with a Layer subclass. Keras said: {error}"
+                ) from error
             raise TypeError(
                 f"{self.function} copies every layer it does not convert with "
                 "`layer.__class__.from_config(layer.get_config())`, and that failed for "

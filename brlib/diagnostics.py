@@ -183,7 +183,10 @@ def train_vs_inference(x, microbatch_size, rmax, dmax, mu=0.0, sigma=1.0, fracti
     channels = x.shape[-1]
     mu = np.broadcast_to(np.asarray(mu, dtype=np.float32), (channels,))
     sigma = np.broadcast_to(np.asarray(sigma, dtype=np.float32), (channels,))
-    layer = BatchRenormalization(rmax=rmax, dmax=dmax, microbatch_size=microbatch_size)
+    # Every setting spelled out: the probe's bounds hold from this one call (no warm-up),
+    # and σ is the statistic assigned below.
+    layer = BatchRenormalization(rmax=rmax, dmax=dmax, microbatch_size=microbatch_size,
+                                 warmup_steps=None, moving_statistic="stddev")
     layer.build(x.shape)
     layer.moving_mean.assign(mu)
     layer.moving_stddev.assign(sigma)

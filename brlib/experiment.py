@@ -44,15 +44,16 @@ import tensorflow as tf  # noqa: E402
 from filelock import FileLock, Timeout  # noqa: E402
 
 import brlib.data  # noqa: E402
+from brlib import evaluation  # noqa: E402
+from brlib.files import write_atomic  # noqa: E402
 from brlib.layers import BatchRenormalization  # noqa: E402
 from brlib.models import seed_convnet  # noqa: E402
 from brlib.protocol import ARMS, GROUP, PRESETS, check_arms  # noqa: E402
 from brlib.protocol import OPTIMIZERS as OPTIMIZER_CLASS_NAMES  # noqa: E402
-from brlib.recalibration import recalibrated, untouched  # noqa: E402
 from brlib.results import (SETTINGS_FILE, check_settings, read_csv, record_settings,  # noqa: E402
-                           result_path, rows_to_csv, write_atomic)
+                           result_path, rows_to_csv)
 from brlib.sampling import (epoch_order, indices_by_class, paired_batches,  # noqa: E402
-                            paired_minibatch, test_order)
+                            paired_minibatch)
 from brlib.schedule import renorm_layers  # noqa: E402
 from brlib.validation import check_integer, check_number  # noqa: E402
 
@@ -83,8 +84,12 @@ def normalization_for(arm, preset, channels=None):
             groups=group_norm_groups(channels[name]), name=name)
     group = group_size(arm, preset)
     momentum = 1.0 - (ARMS[arm].alpha or preset.alpha)  # α = 1 − momentum
-    return lambda name=None: BatchRenormalization(rmax=1.0, dmax=0.0, microbatch_size=group,
-                                                  momentum=momentum, name=name)
+    # Every setting the results depend on is spelled out, so that no default of the layer
+    # can change a committed result: the schedule alone moves rmax and dmax (no warm-up in
+    # the layer), and µ and σ are the paper's moving averages.
+    return lambda name=None: BatchRenormalization(
+        rmax=1.0, dmax=0.0, microbatch_size=group, momentum=momentum, epsilon=1e-3,
+        moving_statistic="stddev", warmup_steps=None, name=name)
 
 
 def build_model(arm, preset, input_shape, classes):
@@ -155,8 +160,12 @@ class Run:
         self._train = tf.function(self._distributed_step)
         self._predict = tf.function(lambda x: self.model(x, training=False))
         # Training mode on test groups; the layers' state is put back after each evaluation.
-        self._forward_batch_statistics = tf.function(self._normalize_by_batch)
-        self.test_groups = self._test_groups()
+        self._forward_batch_statistics = tf.function(
+            lambda x: evaluation.normalize_by_batch(self.model, x))
+        # Paired presets score every arm on the same paired groups; i.i.d. ones on groups of
+        # the arm's own size (`evaluation.test_groups`).
+        self.test_groups = evaluation.test_groups(self.y_test, seed, preset.sampling == "pairs",
+                                                  group)
         # The first test groups (and the examples they hold) score the early evaluations.
         # None when the sample would cover the whole split.
         count = -(-preset.curve_test_examples // self.test_groups.shape[1])
@@ -271,6 +280,7 @@ class Run:
             self._bounds = self.schedule.apply(self.model, step)  # assigned only when they change
         self._train(*self._distribute(self.x_train[order], self.y_train[order]))
 
+    # The three evaluation modes (`brlib.evaluation`), on this run's data and compiled passes.
     def evaluate(self, indices=None, batch_size=1000):
         """Accuracy and mean loss of the inference model on the test split.
 
@@ -278,9 +288,10 @@ class Run:
             indices: Test examples to score; None scores the whole split.
             batch_size: Examples per forward pass.
         """
-        if indices is None:
-            return self._score(self.x_test, self.y_test, batch_size)
-        return self._score(self.x_test[indices], self.y_test[indices], batch_size)
+        images, labels = self.x_test, self.y_test
+        if indices is not None:
+            images, labels = images[indices], labels[indices]
+        return evaluation.score(self._predict, self.loss_fn, images, labels, batch_size)
 
     def evaluate_training_examples(self, batch_size=1000):
         """Accuracy and mean loss of the inference model on the fixed training sample.
@@ -291,81 +302,25 @@ class Run:
         for the whole run: a measure of how well training fitted the data.
         """
         probe = self.train_probe
-        return self._score(self.x_train[probe], self.y_train[probe], batch_size)
-
-    def _score(self, images, labels, batch_size):
-        correct, total_loss = 0, 0.0
-        for start in range(0, len(images), batch_size):
-            logits = self._predict(images[start:start + batch_size])
-            batch_labels = labels[start:start + batch_size]
-            correct += int(np.sum(np.argmax(logits, axis=-1) == batch_labels))
-            total_loss += float(self.loss_fn(batch_labels, logits))
-        return correct / len(images), total_loss / len(images)
+        return evaluation.score(self._predict, self.loss_fn, self.x_train[probe],
+                                self.y_train[probe], batch_size)
 
     def evaluate_recalibrated(self, indices=None):
         """`evaluate` with µ and σ recalibrated on the fixed minibatches; the run is untouched."""
-        if not self.layers:  # nothing to recalibrate (GroupNorm)
-            return self.evaluate(indices)
-        with recalibrated(self.model, self.calibration_batches, self._forward):
-            return self.evaluate(indices)
-
-    def _test_groups(self):
-        """Test indices in groups drawn as the preset's training groups are, fixed per run.
-
-        Paired presets: groups of 32 made of 16 pairs of one label (the paper's
-        Figure 3 control), for every arm, those trained on i.i.d. groups too,
-        so that all arms are scored on the same paired groups (the halves arm
-        normalizes each half of a group). I.i.d. presets: the test split
-        shuffled once per seed and cut into groups of the arm's own size, the
-        last one filled from the start. Returns an array of shape (groups,
-        group size).
-        """
-        if self.preset.sampling == "pairs":
-            return paired_batches(indices_by_class(self.y_test), self.seed,
-                                  len(self.x_test) // GROUP)
-        group = group_size(self.arm, self.preset)
-        return test_order(self.seed, len(self.x_test), group).reshape(-1, group)
-
-    def _normalize_by_batch(self, images):
-        """The model with its normalization layers in training mode and nothing else.
-
-        Each group is normalized by its own statistics (and the moving
-        statistics move; callers put them back), while Dropout stays off, so
-        the accuracy measures normalization alone. The runner's network is a
-        chain, so its layers are called one after the other.
-        """
-        x = images
-        for layer in self.model.layers[1:]:  # after the InputLayer
-            normalizes = isinstance(layer, (BatchRenormalization,
-                                            keras.layers.GroupNormalization))
-            x = layer(x, training=normalizes)
-        return x
+        return evaluation.score_recalibrated(self.model, self.calibration_batches, self._forward,
+                                             lambda: self.evaluate(indices))
 
     def evaluate_minibatch_statistics(self, groups=None, groups_per_call=None):
-        """Test accuracy of the model in training mode, every test group normalized on its own.
+        """Test accuracy in training mode, every test group normalized on its own.
 
-        The direct measure of the train/inference mismatch when set beside
-        `evaluate` (the paper's first batch-norm control for Figure 3, there on
-        paired groups). With i.i.d. groups, each test example is scored once,
-        the few repeated to fill the last group excepted. The layers' state
-        (moving statistics, diagnostics) is put back afterwards.
-
-        Args:
-            groups: Rows of `test_groups` to score; None scores them all.
-            groups_per_call: Groups per forward pass.
+        `evaluation.minibatch_statistics_accuracy` over `groups`, rows of
+        `test_groups` (None: them all), `groups_per_call` groups per forward
+        pass; the layers' state is put back afterwards.
         """
         groups = self.test_groups if groups is None else groups
-        groups_per_call = groups_per_call or max(1024 // groups.shape[1], 1)
-        scored = min(groups.size, len(self.x_test))  # the filler of the last group is not scored
-        correct = 0
-        with untouched(self.layers):  # the run continues from the state it had
-            for start in range(0, len(groups), groups_per_call):
-                picks = groups[start:start + groups_per_call].ravel()
-                logits = self._forward_batch_statistics(self.x_test[picks])
-                hits = np.argmax(logits, axis=-1) == self.y_test[picks]
-                position = start * groups.shape[1] + np.arange(len(picks))
-                correct += int(np.sum(hits[position < scored]))
-        return correct / scored
+        return evaluation.minibatch_statistics_accuracy(
+            self._forward_batch_statistics, self.layers, self.x_test, self.y_test, groups,
+            groups_per_call)
 
     def row(self, step, wall_seconds):
         loss, r, d, count, correct = (float(v) for v in self.sums.numpy())

@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
+from brlib.files import write_atomic
 from brlib.validation import check_integer
 
 # apt packages that hold the typefaces (Debian and Ubuntu).
@@ -251,8 +252,6 @@ def load(classes, seed=0, root=FONT_ROOT, cache=True, jitter=Jitter()):
     train = _split(glyphs, classes, TRAIN_IMAGES, rng, jitter)
     test = _split(glyphs, classes, TEST_IMAGES, rng, jitter)
     if cache:
-        from brlib.results import write_atomic
-
         buffer = _npz_bytes(x_train=train[0], y_train=train[1], x_test=test[0], y_test=test[1])
         write_atomic(path, buffer)
     return train, test

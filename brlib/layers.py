@@ -181,7 +181,10 @@ def _renorm_clipping_bounds(renorm_clipping):
 
 def _keras_renorm_settings(renorm, renorm_clipping, renorm_momentum, momentum, rmax, dmax,
                            moving_statistic):
-    """(rmax, dmax, moving_statistic) from either spelling: this layer's or Keras's renorm."""
+    """(rmax, dmax, moving_statistic, default warm-up) from this layer's or Keras's spelling.
+
+    The moving statistic is None where the caller picks it from `microbatch_size`.
+    """
     if renorm is None:
         for name, value in (("renorm_clipping", renorm_clipping),
                             ("renorm_momentum", renorm_momentum)):
@@ -191,7 +194,7 @@ def _keras_renorm_settings(renorm, renorm_clipping, renorm_momentum, momentum, r
                     f"{name}={value!r} without `renorm`. Pass renorm=True, or use this "
                     "layer's own rmax, dmax and momentum.")
         return (3.0 if rmax is None else rmax, 5.0 if dmax is None else dmax,
-                moving_statistic or "stddev")
+                moving_statistic, "auto")
     _check_bool("renorm", renorm)
     for name, value in (("rmax", rmax), ("dmax", dmax)):
         if value is not None:
@@ -206,7 +209,7 @@ def _keras_renorm_settings(renorm, renorm_clipping, renorm_momentum, momentum, r
                     f"`{name}` applies only with renorm=True; renorm=False is batch norm "
                     "(rmax=1, dmax=0), which clips nothing and keeps one pair of moving "
                     f"statistics; got {name}={value!r}.")
-        return 1.0, 0.0, moving_statistic or "variance"
+        return 1.0, 0.0, moving_statistic or "variance", None
     rmax, dmax = _renorm_clipping_bounds(renorm_clipping)
     if renorm_momentum is not None:
         check_number("renorm_momentum", renorm_momentum, "a number equal to `momentum`")
@@ -217,7 +220,66 @@ def _keras_renorm_settings(renorm, renorm_clipping, renorm_momentum, momentum, r
                 "keeps one pair (µ, σ) for r, d and inference, as Algorithm 1 does, updated "
                 f"with momentum. Got renorm_momentum={renorm_momentum!r} and "
                 f"momentum={momentum!r}; leave renorm_momentum out or set it to momentum.")
-    return rmax, dmax, moving_statistic or "stddev"
+    # Keras's renorm renormalizes from its first step with fixed bounds (here the weights,
+    # which a RenormSchedule may move) and keeps the average of σ_B for r.
+    return rmax, dmax, moving_statistic or "stddev", None
+
+
+def _warmup_settings(warmup_steps, rmax_steps, dmax_steps, momentum):
+    """(warmup_steps, rmax_steps, dmax_steps) resolved: "auto" and None spelled out."""
+    if warmup_steps == "auto":
+        # Five time constants of the moving averages: the initial µ = 0, σ = 1 then
+        # weigh e^-5 < 1 % in them. Frozen averages (momentum = 1) never get better.
+        alpha = 1.0 - float(momentum)
+        warmup_steps = round(5.0 / alpha) if alpha > 0 else 0
+    elif warmup_steps is None:
+        for name, value in (("rmax_steps", rmax_steps), ("dmax_steps", dmax_steps)):
+            if value is not None:
+                raise ValueError(
+                    f"`{name}` is the end of the in-layer ramp, which needs `warmup_steps`; got "
+                    f"{name}={value!r} with warmup_steps=None (bounds held by the weights, "
+                    "set by you or a RenormSchedule). Pass warmup_steps=<int> too, or drop "
+                    f"`{name}`.")
+        return None, None, None
+    else:
+        check_integer("warmup_steps", warmup_steps,
+                      '"auto", None (no warm-up in the layer) or an integer >= 0',
+                      lambda v: v >= 0)
+        warmup_steps = int(warmup_steps)
+    ends = []
+    for name, value in (("rmax_steps", rmax_steps), ("dmax_steps", dmax_steps)):
+        if value is None:
+            ends.append(warmup_steps)
+            continue
+        check_integer(name, value, f"None (open at the end of the warm-up) or an integer >= "
+                      f"warmup_steps={warmup_steps}", lambda v: v >= warmup_steps)
+        ends.append(int(value))
+    return warmup_steps, ends[0], ends[1]
+
+
+def _progress(step, start, end):
+    """The ramp's progress at `step`: 0 until `start`, 1 from `end`, linear between."""
+    if end > start:
+        return min(max((step - start) / (end - start), 0.0), 1.0)
+    return float(step >= end)
+
+
+def _ramp_value(step, start, end, first, final):
+    """`first` → `final` linearly between steps `start` and `end`, exactly `final` at the end."""
+    progress = _progress(step, start, end)
+    if progress >= 1:
+        return final
+    return first + progress * (final - first) if progress > 0 else first  # never 0 × ∞
+
+
+def _ramp_tensor(step, start, end, first, final):
+    """`_ramp_value` in `keras.ops`, for a step counter held in a weight (of the bounds' dtype)."""
+    if end > start:
+        progress = ops.clip((step - start) / float(end - start), 0.0, 1.0)
+    else:
+        progress = ops.cast(step >= end, step.dtype)
+    middle = ops.where(progress > 0, first + progress * (final - first), first)
+    return ops.where(progress >= 1, final, middle)
 
 
 def _stddev_initializer_from_variance(moving_variance_initializer):
@@ -355,10 +417,12 @@ class BatchRenormalization(keras.layers.Layer):
             floored at √ε where it divides.
         center: Whether to add the learned offset β.
         scale: Whether to multiply by the learned scale γ.
-        rmax: Initial clip bound for r, >= 1 (default 3; 1 with renorm=False).
-        dmax: Initial clip bound for d, >= 0 (default 5; 0 with renorm=False).
+        rmax: Clip bound for r, >= 1 (default 3; 1 with renorm=False): the
+            bound the warm-up opens to, or without one the weight's initial value.
+        dmax: Clip bound for d, >= 0 (default 5; 0 with renorm=False), likewise.
         microbatch_size: None to normalize the whole batch, or the number m of
-            consecutive examples normalized together. m must divide the batch.
+            consecutive examples normalized together. A batch that is not a
+            multiple of m ends in a shorter microbatch of its last N mod m rows.
         beta_initializer: Initializer for β.
         gamma_initializer: Initializer for γ.
         moving_mean_initializer: Initializer for µ.
@@ -366,11 +430,13 @@ class BatchRenormalization(keras.layers.Layer):
             moving_statistic="stddev".
         beta_regularizer: Optional regularizer for β.
         gamma_regularizer: Optional regularizer for γ.
-        moving_statistic: "stddev" (the default; "variance" with
-            renorm=False) to keep the moving average of σ_B, as Algorithm 1
-            does, in the weight `moving_stddev`; "variance" to keep the moving
-            average of var_B, as Keras's `BatchNormalization` does, in the
-            weight `moving_variance`.
+        moving_statistic: "stddev" to keep the moving average of σ_B, as
+            Algorithm 1 does, in the weight `moving_stddev`; "variance" to keep
+            the moving average of var_B, as Keras's `BatchNormalization` does,
+            in the weight `moving_variance`. Default: "variance" for whole
+            batches (it agrees with Keras at inference), "stddev" with a
+            `microbatch_size` (E[r] = 1), "stddev" with renorm=True and
+            "variance" with renorm=False. docs/layer.md gives the measurements.
         moving_variance_initializer: Initializer for the moving variance
             (default "ones"), with moving_statistic="variance". With
             "stddev", accepted where it converts to σ: 'zeros', 'ones' or
@@ -389,11 +455,20 @@ class BatchRenormalization(keras.layers.Layer):
             "rmin" (must be 1/rmax) and "dmax"; with renorm=True only.
         renorm_momentum: Keras's momentum of its second pair of moving
             statistics; with renorm=True only, and equal to `momentum`.
+        warmup_steps: Training steps during which the layer is batch norm
+            (rmax = 1, dmax = 0) before its bounds open to `rmax` and `dmax`;
+            "auto" (the default) for round(5 / (1 − momentum)), five time
+            constants of the moving averages; None for no warm-up in the layer
+            (the bounds are what the weights hold, set by you or a
+            `RenormSchedule`; the default with `renorm`). Counted in the weight
+            `step`, advanced by every training call.
+        rmax_steps: Step at which rmax reaches `rmax`, linearly from 1 after
+            the warm-up; None for at once, at `warmup_steps`.
+        dmax_steps: Step at which dmax reaches `dmax`, likewise from 0.
         **kwargs: Base `keras.layers.Layer` arguments such as `name`, `dtype`.
 
     Call arguments:
-        inputs: A tensor of rank >= 2, examples first. In training its batch
-            size must be a multiple of `microbatch_size`.
+        inputs: A tensor of rank >= 2, examples first, of any batch size.
         training: True to normalize by the microbatches' statistics, correct
             by r and d, and update µ and σ; False or None (inference) to
             normalize by µ and σ alone. A layer with `trainable=False` always
@@ -444,6 +519,9 @@ class BatchRenormalization(keras.layers.Layer):
         renorm=None,
         renorm_clipping=None,
         renorm_momentum=None,
+        warmup_steps="auto",
+        rmax_steps=None,
+        dmax_steps=None,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -456,11 +534,23 @@ class BatchRenormalization(keras.layers.Layer):
         if moving_statistic is not None:
             check_value("moving_statistic", moving_statistic,
                         f"one of {list(_MOVING_STATISTICS)}", lambda v: v in _MOVING_STATISTICS)
-        rmax, dmax, moving_statistic = _keras_renorm_settings(
+        rmax, dmax, moving_statistic, default_warmup = _keras_renorm_settings(
             renorm, renorm_clipping, renorm_momentum, momentum, rmax, dmax, moving_statistic)
         check_rmax(rmax)
         check_dmax(dmax)
         _check_microbatch_size(microbatch_size)
+        if moving_statistic is None:
+            # Measured in docs/layer.md ("Which moving statistic"): over whole batches the
+            # moving variance agrees with Keras's BatchNormalization at inference and biases
+            # E[r] by under 1/(4N); over small microbatches only the average of σ_B keeps
+            # E[r] = 1.
+            moving_statistic = "variance" if microbatch_size is None else "stddev"
+        if renorm is False:
+            warmup_steps = None if warmup_steps == "auto" else warmup_steps
+        elif warmup_steps == "auto" and default_warmup != "auto":
+            warmup_steps = default_warmup
+        self.warmup_steps, self.rmax_steps, self.dmax_steps = _warmup_settings(
+            warmup_steps, rmax_steps, dmax_steps, momentum)
         if synchronized and microbatch_size is not None:
             raise ValueError(
                 "synchronized=True applies only to whole-batch normalization "
@@ -492,22 +582,44 @@ class BatchRenormalization(keras.layers.Layer):
         self.beta_constraint = _keras_object("constraint", "beta_constraint", beta_constraint)
         self.gamma_constraint = _keras_object("constraint", "gamma_constraint", gamma_constraint)
         self.supports_masking = True
+        # The clip bounds: the values the in-layer warm-up opens towards, or, without one,
+        # the initial values of the weights `rmax` and `dmax`.
+        self._rmax_value, self._dmax_value = float(rmax), float(dmax)
+        # Weights are made in `build`, under the model's name scope, so that their paths
+        # carry the model's prefix ("model/norm/rmax").
         self.gamma = self.beta = self.moving_mean = None
-        self.moving_stddev = self.moving_variance = None  # build keeps one of them
-        # Scalars that the training step reads, so assigning them between
-        # steps changes an already traced function.
-        # Set between steps, identically on every replica: the first replica's value counts.
-        self.rmax = self._scalar_weight("rmax", float(rmax), self.variable_dtype,
-                                        aggregation="only_first_replica")
-        self.dmax = self._scalar_weight("dmax", float(dmax), self.variable_dtype,
-                                        aggregation="only_first_replica")
-        # Diagnostics, kept in float32 whatever the layer's dtype, averaged over replicas.
-        self.fraction_r_clipped = self._scalar_weight("fraction_r_clipped", 0.0, "float32",
-                                                      aggregation="mean")
-        self.fraction_d_clipped = self._scalar_weight("fraction_d_clipped", 0.0, "float32",
-                                                      aggregation="mean")
-        self.skipped_updates = self._scalar_weight("skipped_updates", 0.0, "float32",
-                                                   aggregation="mean")
+        self._moving_stddev = self._moving_variance = None  # build keeps one of them
+        self.rmax = self.dmax = self.step = None
+        self.fraction_r_clipped = self.fraction_d_clipped = self.skipped_updates = None
+
+    @property
+    def moving_stddev(self):
+        """σ: the weight with moving_statistic="stddev"; else sqrt(moving variance + ε), read-only.
+
+        sqrt(v + ε) is what divides at inference either way, so the two spellings
+        normalize identically. None before the layer is built.
+        """
+        if self.moving_statistic == "stddev" or self._moving_variance is None:
+            return self._moving_stddev
+        return ops.sqrt(ops.convert_to_tensor(self._moving_variance) + self.epsilon)
+
+    @property
+    def moving_variance(self):
+        """The weight with moving_statistic="variance"; else max(σ, √ε)² − ε, read-only.
+
+        That is the variance v for which Keras's sqrt(v + ε) equals the σ this
+        layer divides by, so a Keras `BatchNormalization` given it infers the same.
+        None before the layer is built.
+        """
+        if self.moving_statistic == "variance" or self._moving_stddev is None:
+            return self._moving_variance
+        sigma = floor_stddev(ops.convert_to_tensor(self._moving_stddev), self.epsilon)
+        return ops.maximum(ops.square(sigma) - self.epsilon, 0.0)
+
+    @property
+    def moving_spread(self):
+        """The weight of spread that the layer keeps and updates: `moving_stddev` or `moving_variance`."""
+        return self._moving_stddev if self.moving_statistic == "stddev" else self._moving_variance
 
     def _scalar_weight(self, name, value, dtype, aggregation):
         return self.add_weight(
@@ -521,6 +633,41 @@ class BatchRenormalization(keras.layers.Layer):
             autocast=False,
             aggregation=aggregation,
         )
+
+    def _build_scalars(self):
+        # Scalars that the training step reads, so assigning them between
+        # steps changes an already traced function.
+        # Set between steps, identically on every replica: the first replica's value counts.
+        if self.warmup_steps is None:
+            rmax, dmax = self._rmax_value, self._dmax_value
+        else:
+            rmax, dmax = self.bounds_at(0)
+        self.rmax = self._scalar_weight("rmax", rmax, self.variable_dtype,
+                                        aggregation="only_first_replica")
+        self.dmax = self._scalar_weight("dmax", dmax, self.variable_dtype,
+                                        aggregation="only_first_replica")
+        # Diagnostics, kept in float32 whatever the layer's dtype, averaged over replicas.
+        self.fraction_r_clipped = self._scalar_weight("fraction_r_clipped", 0.0, "float32",
+                                                      aggregation="mean")
+        self.fraction_d_clipped = self._scalar_weight("fraction_d_clipped", 0.0, "float32",
+                                                      aggregation="mean")
+        self.skipped_updates = self._scalar_weight("skipped_updates", 0.0, "float32",
+                                                   aggregation="mean")
+
+    def bounds_at(self, step):
+        """(rmax, dmax) of the in-layer warm-up after `step` training steps, as floats.
+
+        rmax = 1 and dmax = 0 until `warmup_steps`; then each grows linearly to
+        the layer's `rmax` and `dmax`, reached at `rmax_steps` and `dmax_steps`
+        (at once where those equal `warmup_steps`). The same rule as
+        `brlib.RenormSchedule`. Without a warm-up (warmup_steps=None), the
+        values the weights were built with.
+        """
+        if self.warmup_steps is None:
+            return self._rmax_value, self._dmax_value
+        rmax = _ramp_value(step, self.warmup_steps, self.rmax_steps, 1.0, self._rmax_value)
+        dmax = _ramp_value(step, self.warmup_steps, self.dmax_steps, 0.0, self._dmax_value)
+        return rmax, dmax
 
     def build(self, input_shape):
         rank = len(input_shape)
@@ -549,6 +696,7 @@ class BatchRenormalization(keras.layers.Layer):
         self._broadcast_shape = [1] * (rank + 1)
         self._broadcast_shape[self._grouped_channel_axis] = channels
         shape = (channels,)
+        self._build_scalars()  # first: the order of the weights is that of earlier versions
         # γ and β are learned; µ and σ are updated by the training step and averaged
         # across replicas (each replica computes them from its own microbatches).
         self.gamma = self._channel_weight(
@@ -563,13 +711,20 @@ class BatchRenormalization(keras.layers.Layer):
             "moving_mean", shape, self.moving_mean_initializer, trainable=False,
             aggregation="mean")
         if self.moving_statistic == "stddev":
-            self.moving_stddev = self._channel_weight(
+            self._moving_stddev = self._channel_weight(
                 "moving_stddev", shape, self.moving_stddev_initializer, trainable=False,
                 aggregation="mean")
         else:
-            self.moving_variance = self._channel_weight(
+            self._moving_variance = self._channel_weight(
                 "moving_variance", shape, self.moving_variance_initializer, trainable=False,
                 aggregation="mean")
+        if self.warmup_steps is not None:
+            # Training steps taken, for the warm-up: state, so that jitted and stateless
+            # loops (JAX's `stateless_call`) carry it with the other variables. Last, so
+            # that a layer without a warm-up has the weights of earlier versions.
+            self.step = self.add_weight(
+                shape=(), name="step", initializer="zeros", dtype="int32", trainable=False,
+                autocast=False, aggregation="only_first_replica")
         self.input_spec = keras.layers.InputSpec(ndim=rank, axes={channel_axis: channels})
 
     def _channel_weight(self, name, shape, initializer, trainable, aggregation,
@@ -594,11 +749,39 @@ class BatchRenormalization(keras.layers.Layer):
         if mask is not None:
             mask = self._broadcast_mask(mask, x)
         if training and self.trainable:
-            grouped_mask = None if mask is None else self._group(mask)
-            outputs = ops.reshape(self._train_step(self._group(x), grouped_mask), ops.shape(x))
+            outputs = self._train(x, mask)
         else:
             outputs = self._infer(x)
         return ops.cast(outputs, self.compute_dtype)
+
+    def _train(self, x, mask):
+        """The training step over the batch's microbatches, the last one possibly shorter.
+
+        A batch of N = k·m + j examples (0 < j < m) is normalized as k
+        microbatches of m and one of j, its last j rows: the rows are padded
+        to (k + 1)·m, the padding is masked out of the statistics, and cut
+        off the output. A batch whose size is a multiple of m (or unknown
+        until run time: TensorFlow graphs of a dynamic batch) takes the
+        reshape alone, or the same padding with a padding of size 0.
+        """
+        m = self.microbatch_size
+        batch = x.shape[0]
+        if m is None or (batch is not None and batch % m == 0):
+            grouped_mask = None if mask is None else self._group(mask)
+            return ops.reshape(self._train_step(self._group(x), grouped_mask), ops.shape(x))
+        size = ops.shape(x)[0]
+        padding = (-size) % m  # a Python int for a known batch, a tensor for a dynamic one
+        widths = [[0, padding]] + [[0, 0]] * (len(x.shape) - 1)
+        padded = ops.pad(x, widths)
+        rows = ops.arange(ops.shape(padded)[0]) < size
+        keep = ops.broadcast_to(ops.reshape(rows, (-1,) + (1,) * (len(x.shape) - 1)),
+                                ops.shape(padded))
+        if mask is not None:
+            # Padded as numbers: not every backend pads booleans.
+            keep = ops.logical_and(keep, ops.pad(ops.cast(mask, "float32"), widths) > 0.5)
+        outputs = ops.reshape(self._train_step(self._group(padded), self._group(keep)),
+                              ops.shape(padded))
+        return ops.slice(outputs, [0] * len(x.shape), ops.shape(x))
 
     def _broadcast_mask(self, mask, x):
         """Keras's mask over every axis but the last, as a boolean of the inputs' shape."""
@@ -631,16 +814,7 @@ class BatchRenormalization(keras.layers.Layer):
         """Reshapes (N, ...) to (N / m, m, ...); the whole batch is one group."""
         if self.microbatch_size is None:
             return ops.expand_dims(x, 0)
-        m = self.microbatch_size
-        batch = x.shape[0]
-        if batch is not None and batch % m:
-            raise ValueError(
-                f"`microbatch_size`={m} must divide the batch size; got a batch "
-                f"of {batch} examples. Use a batch size that is a multiple of {m}."
-            )
-        if batch is None:
-            x = _assert_divisible(x, m)
-        return ops.reshape(x, (-1, m) + tuple(ops.shape(x)[1:]))
+        return ops.reshape(x, (-1, self.microbatch_size) + tuple(ops.shape(x)[1:]))
 
     def _moments(self, x, mask):
         """µ_B and var_B of each group over its unmasked entries, and where a group has any.
@@ -679,8 +853,18 @@ class BatchRenormalization(keras.layers.Layer):
         gamma = self._param(self.gamma, dtype, 1.0)
         beta = self._param(self.beta, dtype, 0.0)
         mu, sigma = self._moving_statistics(dtype)
-        rmax = ops.cast(self.rmax, dtype)
-        dmax = ops.cast(self.dmax, dtype)
+        if self.warmup_steps is None:
+            rmax, dmax = self.rmax, self.dmax
+        else:
+            # The warm-up's bounds at this step, kept in the weights so they show them.
+            step = ops.cast(self.step, self.rmax.dtype)
+            rmax = _ramp_tensor(step, self.warmup_steps, self.rmax_steps, 1.0, self._rmax_value)
+            dmax = _ramp_tensor(step, self.warmup_steps, self.dmax_steps, 0.0, self._dmax_value)
+            self.rmax.assign(ops.cast(rmax, self.rmax.dtype))
+            self.dmax.assign(ops.cast(dmax, self.dmax.dtype))
+            self.step.assign(self.step + 1)
+        rmax = ops.cast(rmax, dtype)
+        dmax = ops.cast(dmax, dtype)
 
         mean_b, var_b, valid = self._moments(x, mask)
         sigma_b = ops.sqrt(var_b + self.epsilon)  # σ_B = sqrt(var + ε)
@@ -719,8 +903,7 @@ class BatchRenormalization(keras.layers.Layer):
                                  ops.all(ops.isfinite(step_spread)))
         update = ops.logical_and(finite, has_data)
         alpha = 1.0 - self.momentum
-        spread = self.moving_stddev if self.moving_statistic == "stddev" else self.moving_variance
-        for weight, target in ((self.moving_mean, step_mean), (spread, step_spread)):
+        for weight, target in ((self.moving_mean, step_mean), (self.moving_spread, step_spread)):
             old = ops.cast(weight, target.dtype)
             new = old + alpha * (target - old)  # µ := µ + α(µ_B − µ)
             weight.assign(ops.cast(ops.where(update, new, old), weight.dtype))
@@ -736,9 +919,14 @@ class BatchRenormalization(keras.layers.Layer):
                 "epsilon": self.epsilon,
                 "center": self.center,
                 "scale": self.scale,
-                "rmax": float(ops.convert_to_numpy(self.rmax)),
-                "dmax": float(ops.convert_to_numpy(self.dmax)),
+                # Without a warm-up, the bounds as the weights hold them now; with one,
+                # the bounds it opens towards.
+                "rmax": self._bound_for_config(self.rmax, self._rmax_value),
+                "dmax": self._bound_for_config(self.dmax, self._dmax_value),
                 "microbatch_size": self.microbatch_size,
+                "warmup_steps": self.warmup_steps,
+                "rmax_steps": None if self.warmup_steps is None else self.rmax_steps,
+                "dmax_steps": None if self.warmup_steps is None else self.dmax_steps,
                 "moving_statistic": self.moving_statistic,
                 "beta_initializer": serialize(self.beta_initializer),
                 "gamma_initializer": serialize(self.gamma_initializer),
@@ -757,6 +945,134 @@ class BatchRenormalization(keras.layers.Layer):
         )
         return config
 
+    def _bound_for_config(self, weight, value):
+        if self.warmup_steps is not None or weight is None:
+            return value
+        return float(ops.convert_to_numpy(weight))
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        # Configurations written before the warm-up and the batch-size-dependent default
+        # had neither key: those layers kept σ and held their bounds in the weights.
+        if "warmup_steps" not in config:
+            config["warmup_steps"] = None
+            if config.get("moving_statistic") is None:
+                config["moving_statistic"] = "stddev"
+        return cls(**config)
+
+    # ------------------------------------------------------------------
+    # Keras BatchNormalization's weights: [γ, β, µ, variance], in and out
+    # ------------------------------------------------------------------
+    def _keras_batch_norm_count(self):
+        """How many weights Keras's BatchNormalization with the same `center` and `scale` has."""
+        return int(self.scale) + int(self.center) + 2
+
+    def get_weights(self, keras_batch_norm=False):
+        """The layer's weights; with `keras_batch_norm=True`, Keras BatchNormalization's list.
+
+        Args:
+            keras_batch_norm: False for every weight of this layer, in the order
+                `set_weights` takes back (γ, β, rmax, dmax, the two clip fractions,
+                skipped updates, µ, the moving statistic, and the warm-up's step
+                where there is one). True for the list that
+                `keras.layers.BatchNormalization(center=..., scale=...)` takes:
+                [γ, β, µ, moving variance] (γ and β where present), with the
+                variance max(σ, √ε)² − ε where the layer keeps σ, so that Keras's
+                sqrt(v + ε) divides by the same σ.
+
+        Returns:
+            A list of NumPy arrays.
+        """
+        if not keras_batch_norm:
+            return super().get_weights()
+        self._check_built("get_weights(keras_batch_norm=True)")
+        kept = [w for w in (self.gamma, self.beta) if w is not None]
+        return [ops.convert_to_numpy(w) for w in kept + [self.moving_mean, self.moving_variance]]
+
+    def set_weights(self, weights):
+        """Sets the weights from this layer's full list or from Keras BatchNormalization's.
+
+        Keras's list is [γ, β, µ, moving variance] (without γ or β where
+        `scale` or `center` is False): γ, β and µ are copied, and the variance v
+        becomes σ = sqrt(v + ε) where the layer keeps σ, so inference computes
+        what Keras's layer computed. rmax, dmax, the counters and the warm-up's
+        step keep their values. Any other length must be the layer's own list
+        (`get_weights()`).
+
+        Args:
+            weights: A list of NumPy arrays.
+        """
+        weights = list(weights)
+        if len(weights) == self._keras_batch_norm_count() != len(self.weights):
+            self._set_keras_batch_norm_weights(weights)
+        else:
+            super().set_weights(weights)
+
+    def _check_built(self, what):
+        if not self.built:
+            raise ValueError(f"Layer '{self.name}' must be built before {what}: call it on an "
+                             "input or call `layer.build(input_shape)` first.")
+
+    def _set_keras_batch_norm_weights(self, weights):
+        self._check_built("set_weights")
+        kept = [w for w in (self.gamma, self.beta) if w is not None]
+        targets = kept + [self.moving_mean, self.moving_spread]
+        names = [w.name for w in kept] + ["moving_mean", "moving_variance"]
+        values = [np.asarray(v) for v in weights]
+        for name, target, value in zip(names, targets, values):
+            if tuple(value.shape) != tuple(target.shape):
+                raise ValueError(
+                    f"Layer '{self.name}' took Keras BatchNormalization's weights "
+                    f"[{', '.join(names)}], and `{name}` must have shape {tuple(target.shape)}; "
+                    f"got shape {tuple(value.shape)}.")
+        if self.moving_statistic == "stddev":
+            # Keras divides by sqrt(v + ε); σ = sqrt(v + ε) divides by the same.
+            values[-1] = np.sqrt(np.maximum(values[-1].astype(np.float64), 0.0) + self.epsilon)
+        for target, value in zip(targets, values):
+            target.assign(np.asarray(value, dtype=target.dtype))
+
+    def load_own_variables(self, store):
+        """Loads this layer's variables, or Keras BatchNormalization's from its weights file.
+
+        Keras stores a layer's variables by the snake-cased class name, so a
+        weights file saved from a model with `BatchNormalization` where this
+        model has `BatchRenormalization` holds them under `batch_normalization`
+        instead of `batch_renormalization`; they are looked up there and
+        converted as `set_weights` converts Keras's list. A file saved before
+        the layer had its warm-up step counter loads with the counter at 0.
+        """
+        count = len(store.keys())
+        ours = self._trainable_variables + self._non_trainable_variables
+        if count == 0:
+            store = self._keras_batch_norm_store(store) or store
+            count = len(store.keys())
+        if count == self._keras_batch_norm_count() != len(ours):
+            self._set_keras_batch_norm_weights([store[str(i)] for i in range(count)])
+        elif self.step is not None and count == len(ours) - 1:
+            for i, variable in enumerate(v for v in ours if v is not self.step):
+                variable.assign(store[str(i)])
+        else:
+            super().load_own_variables(store)
+
+    @staticmethod
+    def _keras_batch_norm_store(store):
+        """The store of the `BatchNormalization` saved where this layer now sits, if any.
+
+        Keras's weights files name a layer's entry by its class
+        ("layers/batch_normalization_1"); this reads Keras's store through its
+        `get(path)` and the path it was last given.
+        """
+        path = getattr(store, "_h5_entry_path", None)
+        if not isinstance(path, str) or not hasattr(store, "get"):
+            return None
+        head, _, name = path.rpartition("/")
+        if not name.startswith("batch_renormalization"):
+            return None
+        other = name.replace("batch_renormalization", "batch_normalization", 1)
+        found = store.get(f"{head}/{other}" if head else other)
+        return found if len(found.keys()) else None
+
 
 def _fraction(clipped, valid):
     """The fraction of (group, channel) values clipped, over the groups that hold data."""
@@ -765,18 +1081,3 @@ def _fraction(clipped, valid):
         return ops.mean(clipped)
     weight = ops.cast(ops.broadcast_to(valid, ops.shape(clipped)), "float32")
     return ops.sum(clipped * weight) / ops.maximum(ops.sum(weight), 1.0)
-
-
-def _assert_divisible(x, m):
-    """Fails at run time when a batch of unknown size is not a multiple of m."""
-    if keras.backend.backend() != "tensorflow":
-        return x
-    import tensorflow as tf
-
-    check = tf.debugging.assert_equal(
-        tf.math.floormod(tf.shape(x)[0], m),
-        0,
-        message=f"`microbatch_size`={m} must divide the batch size",
-    )
-    with tf.control_dependencies([check]):
-        return tf.identity(x)

@@ -65,7 +65,8 @@ def recalibrate(model, batches, forward=None, passes=None):
     Args:
         model: A Keras model holding BatchRenormalization layers, at any depth.
         batches: A sequence of input batches, or of (inputs, labels) tuples,
-            each a multiple of every layer's microbatch size.
+            of any size, as `fit` takes them: a batch that is not a multiple
+            of a layer's microbatch size ends in a shorter microbatch there.
         forward: Optional callable `forward(inputs)` that runs
             `model(inputs, training=True)`, for example a compiled function.
             It is called only inside this function, where each layer's update
@@ -92,7 +93,7 @@ def recalibrate(model, batches, forward=None, passes=None):
                          and ops.convert_to_numpy(layer.dmax) == 0 for layer in layers)
         passes = 1 if batch_norm else len(layers)
     statistics = [(ops.convert_to_numpy(layer.moving_mean),
-                   ops.convert_to_numpy(layer.moving_stddev)) for layer in layers]
+                   ops.convert_to_numpy(layer.moving_spread)) for layer in layers]
     with untouched(layers):
         for layer in layers:
             layer.momentum = 0.0  # α = 1: after a pass, µ and σ hold that step's statistics
@@ -103,9 +104,11 @@ def recalibrate(model, batches, forward=None, passes=None):
 
 
 def _assign(layers, statistics):
-    for layer, (mean, stddev) in zip(layers, statistics):
+    # The spread is the statistic each layer keeps: σ, or the variance
+    # (moving_statistic="variance"), whose average is then the average of var_B.
+    for layer, (mean, spread) in zip(layers, statistics):
         layer.moving_mean.assign(np.asarray(mean, np.float32))
-        layer.moving_stddev.assign(np.asarray(stddev, np.float32))
+        layer.moving_spread.assign(np.asarray(spread, np.float32))
 
 
 def _average_step_statistics(layers, inputs, forward, statistics):
@@ -116,7 +119,7 @@ def _average_step_statistics(layers, inputs, forward, statistics):
         forward(x)
         for total, layer in zip(sums, layers):
             total[0] = total[0] + ops.convert_to_numpy(layer.moving_mean).astype(np.float64)
-            total[1] = total[1] + ops.convert_to_numpy(layer.moving_stddev).astype(np.float64)
+            total[1] = total[1] + ops.convert_to_numpy(layer.moving_spread).astype(np.float64)
     # µ = mean over batches of mean(µ_B), σ = mean over batches of mean(σ_B)
     return [(mean / len(inputs), stddev / len(inputs)) for mean, stddev in sums]
 

@@ -77,7 +77,18 @@ class RenormSchedule(keras.callbacks.Callback):
     def apply(self, model, step):
         """Sets rmax and dmax of every BatchRenormalization layer in `model`; returns them."""
         rmax, dmax = self(step)
-        for layer in renorm_layers(model):
+        layers = renorm_layers(model)
+        for layer in layers:
+            # One owner of the bounds: a layer's own warm-up writes them every step,
+            # and would undo the schedule's values without a word.
+            if layer.warmup_steps is not None:
+                raise ValueError(
+                    f"Layer '{layer.name}' has its own warm-up (warmup_steps="
+                    f"{layer.warmup_steps}), which sets rmax and dmax at every training step; "
+                    "a RenormSchedule would be overwritten. Build the layer with "
+                    "warmup_steps=None to drive its bounds with the schedule, or drop the "
+                    "schedule and give the layer the ramp (warmup_steps, rmax_steps, dmax_steps).")
+        for layer in layers:
             layer.rmax.assign(rmax)
             layer.dmax.assign(dmax)
         return rmax, dmax

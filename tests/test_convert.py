@@ -286,6 +286,24 @@ def test_custom_layers_without_batchnorm_are_copied_with_their_weights():
     assert_same_outputs(converted, model, images((4, 5)))
 
 
+def test_a_lambda_layer_is_refused_with_what_to_do_then_converts_when_allowed():
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Lambda(lambda t: 2.0 * t),
+                              keras.layers.BatchNormalization()])
+    randomize_batchnorm(model)
+    with pytest.raises(TypeError, match=r"enable_unsafe_deserialization\(\)") as caught:
+        to_renorm(model)
+    assert "get_config" not in str(caught.value)  # no advice that does not apply
+    from keras.src.backend.common import global_state  # where Keras keeps safe mode
+
+    before = global_state.get_global_attribute("safe_mode_saving")
+    keras.config.enable_unsafe_deserialization()
+    try:
+        converted = to_renorm(model)
+    finally:  # safe mode back on for the other tests
+        global_state.set_global_attribute("safe_mode_saving", before)
+    assert_same_outputs(converted, model, images((4, 3)))
+
+
 def test_a_model_without_batchnorm_gives_a_warning_and_a_copy():
     model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
     with pytest.warns(UserWarning, match="no keras.layers.BatchNormalization"):
@@ -433,7 +451,9 @@ def test_reverse_of_a_trained_renorm_model_matches_its_inference():
 
 def renorm_with_stddev(stddev, epsilon):
     inputs = keras.Input((len(stddev),))
-    outputs = RENORM(epsilon=epsilon, name="renorm")(inputs)
+    # A whole-batch layer keeps a variance by default; these tests need a moving σ.
+    kept = {"moving_statistic": "stddev"} if "moving_statistic" in RENORM_ARGUMENTS else {}
+    outputs = RENORM(epsilon=epsilon, name="renorm", **kept)(inputs)
     model = keras.Model(inputs, outputs)
     model.get_layer("renorm").moving_stddev.assign(np.asarray(stddev))
     return model

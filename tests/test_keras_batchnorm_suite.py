@@ -60,6 +60,7 @@ from keras.src.models import Model
 from brlib import BatchRenormalization
 
 NON_TRAINABLE = 7  # moving_mean, moving σ or variance, rmax, dmax and three diagnostics
+WARM_UP = 1  # the step counter of a layer with its warm-up (the defaults; not with `renorm`)
 SYNCHRONIZED = (False, True) if backend.backend() == "tensorflow" else (False,)
 
 
@@ -67,12 +68,16 @@ def batch_norm(moving_statistic, **kwargs):
     """Batch norm, with Keras's moving variance (renorm=False) or the paper's moving σ."""
     if moving_statistic == "variance":
         return BatchRenormalization(renorm=False, **kwargs)
-    return BatchRenormalization(rmax=1.0, dmax=0.0, **kwargs)
+    # Spelled out: without them a whole-batch layer keeps a variance and counts warm-up steps.
+    return BatchRenormalization(rmax=1.0, dmax=0.0, moving_statistic="stddev",
+                                warmup_steps=None, **kwargs)
 
 
 class BatchNormalizationTest(testing.TestCase):
     @parameterized.parameters({}, {"renorm": False}, {"microbatch_size": 2})
     def test_bn_basics(self, **flavor):
+        # The default layer (no `renorm`) also counts its warm-up's steps.
+        non_trainable = NON_TRAINABLE + (0 if "renorm" in flavor else WARM_UP)
         # vector case
         self.run_layer_test(
             BatchRenormalization,
@@ -81,7 +86,7 @@ class BatchNormalizationTest(testing.TestCase):
             input_shape=(2, 3),
             expected_output_shape=(2, 3),
             expected_num_trainable_weights=2,
-            expected_num_non_trainable_weights=NON_TRAINABLE,
+            expected_num_non_trainable_weights=non_trainable,
             expected_num_seed_generators=0,
             expected_num_losses=0,
             supports_masking=True,
@@ -93,7 +98,7 @@ class BatchNormalizationTest(testing.TestCase):
             input_shape=(2, 3),
             expected_output_shape=(2, 3),
             expected_num_trainable_weights=0,
-            expected_num_non_trainable_weights=NON_TRAINABLE,
+            expected_num_non_trainable_weights=non_trainable,
             expected_num_seed_generators=0,
             expected_num_losses=0,
             supports_masking=True,
@@ -112,7 +117,7 @@ class BatchNormalizationTest(testing.TestCase):
             input_shape=(2, 4, 4, 3),
             expected_output_shape=(2, 4, 4, 3),
             expected_num_trainable_weights=2,
-            expected_num_non_trainable_weights=NON_TRAINABLE,
+            expected_num_non_trainable_weights=non_trainable,
             expected_num_seed_generators=0,
             expected_num_losses=2,  # we have 2 regularizers.
             supports_masking=True,

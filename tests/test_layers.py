@@ -1,7 +1,8 @@
 """brlib.BatchRenormalization against NumPy's Algorithm 1, Keras's own renorm and finite differences.
 
 Also against Keras's BatchNormalization with masks, with a zero-initialized
-σ, and with Keras's arguments. Runs on every Keras backend (CI runs it on
+σ, and with Keras's arguments, and against a NumPy reference of SBX's
+BatchRenorm (the layer of CrossQ). Runs on every Keras backend (CI runs it on
 TensorFlow, JAX and PyTorch); the tests that need GradientTape, tf.function
 or tf.distribute are marked `tensorflow_only`.
 """
@@ -41,6 +42,22 @@ def assert_equal(actual, desired, **options):
     np.testing.assert_array_equal(as_numpy(actual), as_numpy(desired), **options)
 
 EPS = 1e-3
+
+
+def renorm_layer(**kwargs):
+    """The layer as the tests of Algorithm 1 build it: its clip bounds from the first step.
+
+    These tests hold the arithmetic of a step against references, so they
+    build the layer without the in-layer warm-up (warmup_steps=None: the
+    bounds are what the weights hold) and with σ (moving_statistic="stddev")
+    unless they say otherwise; Keras's `renorm` spelling brings its own
+    settings. The defaults have tests of their own.
+    """
+    if "renorm" not in kwargs:
+        kwargs.setdefault("warmup_steps", None)
+        kwargs.setdefault("moving_statistic", "stddev")
+    return br.BatchRenormalization(**kwargs)
+
 
 
 # ----------------------------------------------------------------------------
@@ -126,7 +143,7 @@ def shifting_batches(shape, steps, seed=0):
 
 
 def make_layer(shape, axis=-1, **kwargs):
-    layer = br.BatchRenormalization(axis=axis, epsilon=EPS, **kwargs)
+    layer = renorm_layer(axis=axis, epsilon=EPS, **kwargs)
     layer.build(shape)
     channels = shape[axis]
     rng = np.random.default_rng(42)
@@ -261,7 +278,7 @@ def frozen_forward(x, gamma, beta, r_and_d, m):
 def test_gradients_match_paper_formulas_and_finite_differences(kind):
     shape, m = SHAPES[kind], 4
     rng = np.random.default_rng(3)
-    layer = br.BatchRenormalization(epsilon=EPS, rmax=1.3, dmax=0.4, microbatch_size=m,
+    layer = renorm_layer(epsilon=EPS, rmax=1.3, dmax=0.4, microbatch_size=m,
                                     dtype="float64")
     layer.build(shape)
     gamma, beta = rng.uniform(0.5, 2, shape[-1]), rng.normal(size=shape[-1])
@@ -309,7 +326,7 @@ def test_gradient_lies_in_null_space_of_each_microbatch(kind, m):
     # scale invariance holds as ε → 0: test it with a negligible ε. (Dense
     # microbatches of 2 are degenerate: x̂ = ±1 and the whole gradient vanishes.)
     shape = SHAPES[kind]
-    layer = br.BatchRenormalization(epsilon=1e-12, rmax=1.2, dmax=0.3, microbatch_size=m,
+    layer = renorm_layer(epsilon=1e-12, rmax=1.2, dmax=0.3, microbatch_size=m,
                                     dtype="float64")
     layer.build(shape)
     layer.moving_stddev.assign(np.full(shape[-1], 0.7))
@@ -387,8 +404,8 @@ def test_nonfinite_batch_skips_the_update_and_counts_it():
 @pytest.mark.parametrize("policy", ["mixed_float16", "mixed_bfloat16"])
 def test_mixed_precision_keeps_float32_statistics(policy):
     shape = (16, 8, 8, 3)
-    layer = br.BatchRenormalization(microbatch_size=4, dtype=policy)
-    reference = br.BatchRenormalization(microbatch_size=4)
+    layer = renorm_layer(microbatch_size=4, dtype=policy)
+    reference = renorm_layer(microbatch_size=4)
     # Values whose sums overflow float16 (max 65504) if the moments were taken in it.
     x = (np.random.default_rng(0).normal(size=shape) * 30 + 3000).astype(np.float32)
     x_low = keras.ops.cast(x, layer.compute_dtype)
@@ -438,7 +455,7 @@ def small_model(layer):
 
 def test_assigning_rmax_dmax_takes_effect_inside_fit():
     keras.utils.set_random_seed(0)
-    layer = br.BatchRenormalization(rmax=1.0, dmax=0.0, microbatch_size=2)
+    layer = renorm_layer(rmax=1.0, dmax=0.0, microbatch_size=2)
     model = small_model(layer)
     model.compile("sgd", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     x = np.random.default_rng(0).normal(size=(32, 6)).astype(np.float32)
@@ -455,7 +472,7 @@ def test_assigning_rmax_dmax_takes_effect_inside_fit():
 # Configuration, saving, bad input
 # ----------------------------------------------------------------------------
 def test_config_and_saved_model_round_trip(tmp_path):
-    layer = br.BatchRenormalization(microbatch_size=2, rmax=1.0, dmax=0.0, momentum=0.9,
+    layer = renorm_layer(microbatch_size=2, rmax=1.0, dmax=0.0, momentum=0.9,
                                     epsilon=1e-4, scale=False)
     model = small_model(layer)
     model.compile("adam", "mse")
@@ -493,7 +510,7 @@ def test_config_and_saved_model_round_trip(tmp_path):
 ])
 def test_bad_arguments_are_named(kwargs, names):
     with pytest.raises(ValueError) as error:
-        br.BatchRenormalization(**kwargs)
+        renorm_layer(**kwargs)
     for name in names:
         assert name in str(error.value)
 
@@ -501,32 +518,70 @@ def test_bad_arguments_are_named(kwargs, names):
 @pytest.mark.parametrize("axis", [4, -5, 0])
 def test_axis_out_of_range_is_named(axis):
     with pytest.raises(ValueError, match="axis"):
-        br.BatchRenormalization(axis=axis)(np.zeros((4, 2, 2, 3), np.float32))
+        renorm_layer(axis=axis)(np.zeros((4, 2, 2, 3), np.float32))
 
 
 def test_rank_below_two_is_rejected():
     with pytest.raises(ValueError, match="rank >= 2"):
-        br.BatchRenormalization()(np.zeros((4,), np.float32))
+        renorm_layer()(np.zeros((4,), np.float32))
 
 
-def test_batch_not_divisible_by_microbatch_size():
-    layer = br.BatchRenormalization(microbatch_size=4)
-    with pytest.raises(ValueError, match="microbatch_size.*must divide the batch size"):
-        layer(np.zeros((6, 3), np.float32), training=True)
+# ----------------------------------------------------------------------------
+# Batches that are not a multiple of microbatch_size: the remainder is a
+# microbatch of its own, as NumpyRenorm's loop over [0, m), [m, 2m), ... cuts it.
+# ----------------------------------------------------------------------------
+@pytest.mark.parametrize("masked", [False, True])
+@pytest.mark.parametrize("kind, batch", [("dense", 10), ("conv", 7), ("dense", 3)])
+def test_partial_last_microbatch_matches_numpy(kind, batch, masked):
+    shape = (batch,) + SHAPES[kind][1:]
+    settings = dict(momentum=0.8, rmax=1.5, dmax=0.5, microbatch_size=4)
+    layer, gamma, beta = make_layer(shape, **settings)
+    ref = NumpyRenorm(shape[-1], gamma=gamma, beta=beta, **settings)
+    rng = np.random.default_rng(5)
+    for x in shifting_batches(shape, steps=3):
+        mask = rng.uniform(size=shape[:-1]) > 0.3 if masked else None
+        assert_close(layer(x, mask=mask, training=True), ref.train_step(x, mask),
+                     rtol=OUTPUT_TOLERANCE, atol=OUTPUT_TOLERANCE)
+        assert_close(layer.moving_mean, ref.mu, rtol=1e-5, atol=1e-6)
+        assert_close(layer.moving_stddev, ref.spread, rtol=1e-5, atol=1e-6)
+        assert_close(layer.fraction_r_clipped, ref.fraction_r, atol=1e-6)
 
 
 @tensorflow_only
-def test_batch_of_unknown_size_not_divisible_by_microbatch_size():
-    layer = br.BatchRenormalization(microbatch_size=4)
+@pytest.mark.parametrize("jit_compile", [False, True])
+def test_partial_batch_of_unknown_size_matches_numpy(jit_compile):
+    # The batch size is known only at run time, as in a tf.data pipeline without
+    # drop_remainder; under XLA too, where Keras's fit runs on a GPU by default.
+    settings = dict(momentum=0.8, rmax=1.5, dmax=0.5, microbatch_size=4)
+    layer, gamma, beta = make_layer((8, 3), **settings)
+    ref = NumpyRenorm(3, gamma=gamma, beta=beta, **settings)
 
-    # The same check when the batch size is only known at run time.
-    @tf.function(input_signature=[tf.TensorSpec([None, 3], tf.float32)])
+    @tf.function(input_signature=[tf.TensorSpec([None, 3], tf.float32)],
+                 jit_compile=jit_compile)
     def step(x):
         return layer(x, training=True)
 
-    step(np.zeros((8, 3), np.float32))
-    with pytest.raises(tf.errors.InvalidArgumentError, match="microbatch_size.*must divide"):
-        step(np.zeros((6, 3), np.float32))
+    for batch in (8, 6, 1, 9):
+        x = next(shifting_batches((batch, 3), steps=1, seed=batch))
+        assert_close(step(x), ref.train_step(x), rtol=OUTPUT_TOLERANCE, atol=OUTPUT_TOLERANCE)
+        assert_close(layer.moving_mean, ref.mu, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("jit_compile", [False, True] if BACKEND == "tensorflow" else ["auto"])
+def test_fit_with_a_partial_last_batch_matches_numpy(jit_compile):
+    # 50 examples in batches of 16: three full batches and one of 2, eagerly and under
+    # XLA. A learning rate of 0 keeps γ and β, so NumPy can follow the moving statistics.
+    settings = dict(momentum=0.5, rmax=1.5, dmax=0.5, microbatch_size=4)
+    x = next(shifting_batches((50, 3), steps=1, seed=7))
+    model = keras.Sequential([keras.Input((3,)), renorm_layer(**settings)])
+    model.compile(keras.optimizers.SGD(0.0), "mse", jit_compile=jit_compile)
+    model.fit(x, np.zeros_like(x), batch_size=16, shuffle=False, verbose=0)
+    ref = NumpyRenorm(3, gamma=np.ones(3), beta=np.zeros(3), **settings)
+    for start in range(0, 50, 16):
+        ref.train_step(x[start:start + 16])
+    layer = model.layers[0]
+    assert_close(layer.moving_mean, ref.mu, rtol=1e-5, atol=1e-6)
+    assert_close(layer.moving_stddev, ref.spread, rtol=1e-5, atol=1e-6)
 
 
 def test_clip_corrections_against_the_bounds_written_out():
@@ -585,7 +640,7 @@ def test_batch_renorm_core_treats_r_and_d_as_constants():
 
 @pytest.mark.parametrize("center, scale", [(True, True), (False, True), (True, False)])
 def test_weight_inventory(center, scale):
-    layer = br.BatchRenormalization(center=center, scale=scale)
+    layer = renorm_layer(center=center, scale=scale)
     layer.build((8, 5, 5, 3))
     trainable = {w.name: tuple(w.shape) for w in layer.trainable_weights}
     assert trainable == ({"gamma": (3,)} if scale else {}) | ({"beta": (3,)} if center else {})
@@ -601,14 +656,20 @@ def test_weight_inventory(center, scale):
 
 @pytest.mark.parametrize("moving_statistic", ["stddev", "variance"])
 def test_weight_inventory_names_the_moving_statistic(moving_statistic):
-    layer = br.BatchRenormalization(moving_statistic=moving_statistic)
+    layer = renorm_layer(moving_statistic=moving_statistic)
     layer.build((8, 3))
     names = {w.name for w in layer.non_trainable_weights}
     kept, other = (("moving_stddev", "moving_variance") if moving_statistic == "stddev"
                    else ("moving_variance", "moving_stddev"))
     assert kept in names and other not in names
-    assert getattr(layer, other) is None
     assert getattr(layer, kept).aggregation == "mean"
+    assert layer.moving_spread is getattr(layer, kept)
+    # The other is read-only, converted so that both divide by the same σ = sqrt(v + ε).
+    getattr(layer, kept).assign(np.array([0.25, 1.0, 4.0]))
+    if moving_statistic == "stddev":
+        assert_close(layer.moving_variance, np.array([0.25, 1.0, 4.0]) ** 2 - EPS, rtol=1e-6)
+    else:
+        assert_close(layer.moving_stddev, np.sqrt(np.array([0.25, 1.0, 4.0]) + EPS), rtol=1e-6)
 
 
 # ----------------------------------------------------------------------------
@@ -654,7 +715,7 @@ def test_zero_initialized_sigma_trains_like_keras_with_a_zero_variance():
     x = next(batch_with_a_dead_channel(shape))
     target = np.random.default_rng(1).normal(size=(8, 5, 2)).astype(np.float32)
     models = []
-    for norm in (br.BatchRenormalization(rmax=1.0, dmax=0.0, epsilon=EPS,
+    for norm in (renorm_layer(rmax=1.0, dmax=0.0, epsilon=EPS,
                                          moving_stddev_initializer="zeros"),
                  keras.layers.BatchNormalization(epsilon=EPS, moving_variance_initializer="zeros")):
         model = keras.Sequential([keras.Input(shape[1:]), norm, keras.layers.Dense(2)])
@@ -826,7 +887,7 @@ def test_mask_changes_nothing_at_inference_and_is_passed_on():
 
 @pytest.mark.parametrize("mask_shape", [(6, 5, 3), (6,), (6, 4)])
 def test_mask_of_the_wrong_shape_is_named(mask_shape):
-    layer = br.BatchRenormalization()
+    layer = renorm_layer()
     with pytest.raises(ValueError, match="`mask` must have one axis fewer"):
         layer(np.zeros((6, 5, 3), np.float32), mask=np.ones(mask_shape, bool), training=True)
 
@@ -891,7 +952,7 @@ def test_constraints_and_regularizers_match_keras():
     arguments = dict(epsilon=EPS, gamma_constraint="non_neg",
                      beta_constraint=keras.constraints.MaxNorm(1.0, axis=0),
                      gamma_regularizer=keras.regularizers.L2(0.01), beta_regularizer="l1")
-    layers = [br.BatchRenormalization(renorm=False, **arguments),
+    layers = [renorm_layer(renorm=False, **arguments),
               keras.layers.BatchNormalization(**arguments)]
     for norm in layers:
         model = keras.Sequential([keras.Input(shape[1:]), norm])
@@ -907,7 +968,7 @@ def test_constraints_and_regularizers_match_keras():
 
 
 def test_config_with_every_argument_round_trips(tmp_path):
-    layer = br.BatchRenormalization(
+    layer = renorm_layer(
         renorm=False, beta_constraint="non_neg", gamma_constraint=keras.constraints.MaxNorm(2.0),
         beta_regularizer="l2", gamma_regularizer=keras.regularizers.L1(0.01),
         moving_variance_initializer=keras.initializers.Constant(2.0),
@@ -999,7 +1060,7 @@ def test_config_saved_before_the_keras_arguments_still_loads():
 ])
 def test_bad_keras_arguments_are_named(kwargs, names):
     with pytest.raises(ValueError) as error:
-        br.BatchRenormalization(**kwargs)
+        renorm_layer(**kwargs)
     for name in names:
         assert name in str(error.value)
 
@@ -1007,7 +1068,7 @@ def test_bad_keras_arguments_are_named(kwargs, names):
 @pytest.mark.skipif(BACKEND == "tensorflow", reason="tests the other backends' refusal")
 def test_synchronized_needs_tensorflow():
     with pytest.raises(ValueError, match="synchronized=True needs the TensorFlow backend"):
-        br.BatchRenormalization(synchronized=True)
+        renorm_layer(synchronized=True)
 
 
 @tensorflow_only
@@ -1037,7 +1098,8 @@ rng = np.random.default_rng(0)
 x = rng.normal(size=(8, 5, 3)).astype(np.float32)
 x[4:] = x[4:] * 3 + 2
 mask = rng.uniform(size=(8, 5)) > 0.3
-settings = dict(rmax=1.5, dmax=0.5, momentum=0.5, epsilon=1e-3)
+settings = dict(rmax=1.5, dmax=0.5, momentum=0.5, epsilon=1e-3, warmup_steps=None,
+                moving_statistic="stddev")
 with strategy.scope():  # built here: variables made inside a tf.function would be lifted
     synced = br.BatchRenormalization(synchronized=True, **settings)
     local = br.BatchRenormalization(**settings)
@@ -1091,3 +1153,338 @@ def test_synchronized_statistics_span_the_replicas():
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "match the whole batch" in done.stdout
+
+
+# ----------------------------------------------------------------------------
+# Keras BatchNormalization's weights, in and out
+# ----------------------------------------------------------------------------
+def trained_keras_batch_norm(center=True, scale=True, channels=3):
+    bn = keras.layers.BatchNormalization(center=center, scale=scale, epsilon=EPS, momentum=0.5)
+    for x in shifting_batches((16, channels), steps=3):
+        bn(x, training=True)
+    rng = np.random.default_rng(1)
+    for weight in (bn.gamma, bn.beta):
+        if weight is not None:
+            weight.assign(rng.uniform(0.5, 2.0, channels))
+    return bn
+
+
+@pytest.mark.parametrize("center, scale", [(True, True), (False, True), (True, False)])
+@pytest.mark.parametrize("moving_statistic", ["stddev", "variance"])
+def test_keras_batch_norm_weights_load_and_infer_the_same(moving_statistic, center, scale):
+    bn = trained_keras_batch_norm(center, scale)
+    layer = renorm_layer(epsilon=EPS, center=center, scale=scale,
+                         moving_statistic=moving_statistic)
+    layer.build((None, 3))
+    layer.rmax.assign(2.0)
+    layer.set_weights(bn.get_weights())
+    x = next(shifting_batches((16, 3), steps=1, seed=9))
+    assert_close(layer(x, training=False), bn(x, training=False), rtol=1e-5, atol=1e-5)
+    assert float(layer.rmax) == 2.0  # the extra state keeps its value
+    # Out again: Keras's layer takes the list back and infers the same.
+    other = keras.layers.BatchNormalization(center=center, scale=scale, epsilon=EPS)
+    other.build((None, 3))
+    other.set_weights(layer.get_weights(keras_batch_norm=True))
+    assert_close(other(x, training=False), bn(x, training=False), rtol=1e-5, atol=1e-5)
+    assert_close(layer.moving_variance, bn.moving_variance, rtol=1e-5, atol=1e-6)
+    # The layer's own list still round-trips, every weight included.
+    assert len(layer.get_weights()) == len(layer.weights)
+    layer.set_weights(layer.get_weights())
+
+
+def test_keras_batch_norm_weights_of_the_wrong_shape_are_named():
+    layer = renorm_layer()
+    layer.build((None, 4))
+    with pytest.raises(ValueError, match="`gamma` must have shape \\(4,\\); got shape \\(3,\\)"):
+        layer.set_weights(trained_keras_batch_norm().get_weights())
+
+
+def test_keras_batch_norm_weights_file_loads(tmp_path):
+    def model(normalization):
+        return keras.Sequential([keras.Input((3,)), keras.layers.Dense(3, name="dense"),
+                                 normalization(name="norm"), normalization(name="norm_2")])
+
+    keras_model = model(lambda name: keras.layers.BatchNormalization(epsilon=EPS, name=name))
+    x = next(shifting_batches((16, 3), steps=1, seed=3))
+    for _ in range(3):
+        keras_model(x, training=True)
+    path = str(tmp_path / "bn.weights.h5")
+    keras_model.save_weights(path)
+    for statistic in ("stddev", "variance"):
+        ours = model(lambda name: br.BatchRenormalization(epsilon=EPS, name=name,
+                                                          moving_statistic=statistic))
+        ours.load_weights(path)
+        assert_close(ours(x, training=False), keras_model(x, training=False), rtol=1e-5,
+                     atol=1e-5)
+    # The layer's own weights file keeps the warm-up's step, rmax and dmax.
+    ours.layers[1](x, training=True)
+    own = str(tmp_path / "own.weights.h5")
+    ours.save_weights(own)
+    again = model(lambda name: br.BatchRenormalization(epsilon=EPS, name=name,
+                                                       moving_statistic="variance"))
+    again.load_weights(own)
+    for a, b in zip(again.weights, ours.weights):
+        assert a.path.split("/", 1)[1] == b.path.split("/", 1)[1]  # the model's name differs
+        assert_equal(a, b)
+    assert int(as_numpy(again.layers[1].step)) == 1
+
+
+def test_weight_paths_carry_the_model_prefix():
+    model = keras.Sequential([keras.Input((3,)), br.BatchRenormalization(name="norm")],
+                             name="outer")
+    assert {w.path for w in model.weights} >= {"outer/norm/rmax", "outer/norm/step",
+                                               "outer/norm/moving_mean"}
+
+
+# ----------------------------------------------------------------------------
+# The defaults and the in-layer warm-up
+# ----------------------------------------------------------------------------
+def test_default_layer_is_keras_batch_norm_during_its_warm_up():
+    # Inputs far from the initial µ = 0, σ = 1: renorm from step 0 would clip r and d
+    # against them (before the warm-up, the first output had mean 5 and sd 3).
+    layer = br.BatchRenormalization()
+    bn = keras.layers.BatchNormalization()
+    assert layer.warmup_steps == 500 and layer.moving_statistic == "variance"
+    rng = np.random.default_rng(0)
+    for _ in range(3):
+        x = (rng.normal(size=(32, 4)) * 50 + 100).astype(np.float32)
+        assert_close(layer(x, training=True), bn(x, training=True), rtol=1e-4, atol=1e-4)
+    assert_close(layer.moving_variance, bn.moving_variance, rtol=1e-5)
+    assert_close(layer(x), bn(x), rtol=1e-4, atol=1e-4)
+    assert (float(layer.rmax), float(layer.dmax), int(as_numpy(layer.step))) == (1.0, 0.0, 3)
+
+
+def test_microbatch_default_keeps_sigma():
+    layer = br.BatchRenormalization(microbatch_size=4)
+    assert layer.moving_statistic == "stddev" and layer.warmup_steps == 500
+
+
+@pytest.mark.parametrize("momentum, steps", [(0.99, 500), (0.9, 50), (0.0, 5), (1.0, 0)])
+def test_automatic_warm_up_is_five_time_constants(momentum, steps):
+    assert br.BatchRenormalization(momentum=momentum).warmup_steps == steps
+
+
+@pytest.mark.parametrize("ramp", [dict(), dict(rmax_steps=7, dmax_steps=5)])
+def test_warm_up_in_the_layer_follows_the_schedule(ramp):
+    # The layer's bounds at each step against RenormSchedule's formula, and each
+    # step's output against NumPy's Algorithm 1 with those bounds.
+    settings = dict(rmax=3.0, dmax=2.0, warmup_steps=3, **ramp)
+    layer = br.BatchRenormalization(momentum=0.5, epsilon=EPS, microbatch_size=2,
+                                    moving_statistic="stddev", **settings)
+    schedule = br.RenormSchedule(3, 3.0, ramp.get("rmax_steps", 3), 2.0,
+                                 ramp.get("dmax_steps", 3))
+    ref = NumpyRenorm(3, momentum=0.5, rmax=1.0, dmax=0.0, microbatch_size=2,
+                      gamma=np.ones(3), beta=np.zeros(3))
+    for step, x in enumerate(shifting_batches((8, 3), steps=9)):
+        ref.rmax, ref.dmax = schedule(step)
+        assert layer.bounds_at(step) == pytest.approx(schedule(step))
+        assert_close(layer(x, training=True), ref.train_step(x), rtol=OUTPUT_TOLERANCE,
+                     atol=OUTPUT_TOLERANCE)
+        assert_close([float(layer.rmax), float(layer.dmax)], schedule(step), rtol=1e-6)
+    assert int(as_numpy(layer.step)) == 9
+    layer(x)  # inference does not count
+    assert int(as_numpy(layer.step)) == 9
+
+
+def test_warm_up_survives_saving(tmp_path):
+    layer = br.BatchRenormalization(warmup_steps=2, rmax_steps=4, microbatch_size=2)
+    model = keras.Sequential([keras.Input((3,)), layer])
+    for x in shifting_batches((4, 3), steps=3):
+        model(x, training=True)
+    path = str(tmp_path / "m.keras")
+    model.save(path)
+    loaded = keras.saving.load_model(path).layers[0]
+    assert loaded.get_config() == layer.get_config()
+    assert loaded.get_config()["rmax"] == 3.0  # the bound it opens towards, not today's
+    assert int(as_numpy(loaded.step)) == 3
+    loaded(x, training=True)
+    assert float(loaded.rmax) == pytest.approx(layer.bounds_at(3)[0])
+
+
+def test_schedule_refuses_a_layer_with_its_own_warm_up():
+    model = keras.Sequential([keras.Input((3,)), br.BatchRenormalization(name="norm")])
+    with pytest.raises(ValueError, match="norm.*warmup_steps=500.*warmup_steps=None"):
+        br.RenormSchedule().apply(model, 0)
+
+
+@pytest.mark.parametrize("kwargs, names", [
+    ({"warmup_steps": -1}, ["warmup_steps", "integer >= 0", '"auto"']),
+    ({"warmup_steps": 1.5}, ["warmup_steps", "integer >= 0"]),
+    ({"warmup_steps": 10, "rmax_steps": 5}, ["rmax_steps", ">= warmup_steps=10"]),
+    ({"warmup_steps": None, "dmax_steps": 5}, ["dmax_steps", "warmup_steps"]),
+])
+def test_bad_warm_up_arguments_are_named(kwargs, names):
+    with pytest.raises(ValueError) as error:
+        br.BatchRenormalization(**kwargs)
+    for name in names:
+        assert name in str(error.value)
+
+
+@pytest.mark.skipif(BACKEND != "jax", reason="JAX's stateless_call under jax.jit")
+def test_warm_up_advances_inside_a_jitted_stateless_loop():
+    # CrossQ-style: the state lives outside the model; a schedule applied to the model's
+    # variables would never reach it, the layer's own step counter does.
+    import jax
+
+    layer = br.BatchRenormalization(warmup_steps=2, rmax_steps=4, dmax_steps=3,
+                                    microbatch_size=2, moving_statistic="stddev")
+    model = keras.Sequential([keras.Input((3,)), layer])
+    trainable = [v.value for v in model.trainable_variables]
+    state = [v.value for v in model.non_trainable_variables]
+    names = [v.name for v in model.non_trainable_variables]
+    ref = NumpyRenorm(3, momentum=0.99, rmax=1.0, dmax=0.0, microbatch_size=2,
+                      gamma=np.ones(3), beta=np.zeros(3))
+
+    @jax.jit
+    def forward(state, x):
+        return model.stateless_call(trainable, state, x, training=True)
+
+    for step, x in enumerate(shifting_batches((4, 3), steps=6)):
+        ref.rmax, ref.dmax = br.RenormSchedule(2, 3.0, 4, 5.0, 3)(step)
+        y, state = forward(state, x)
+        assert_close(y, ref.train_step(x), rtol=OUTPUT_TOLERANCE, atol=OUTPUT_TOLERANCE)
+        values = dict(zip(names, state))
+        assert_close([values["rmax"], values["dmax"]], [ref.rmax, ref.dmax], rtol=1e-6)
+    assert int(values["step"]) == 6
+    assert int(as_numpy(layer.step)) == 0  # the model's own variables were not touched
+
+
+# ----------------------------------------------------------------------------
+# SBX / CrossQ: Stable Baselines Jax's BatchRenorm, an independent reference
+# ----------------------------------------------------------------------------
+class SbxBatchRenorm:
+    """SBX's Flax `BatchRenorm` (araffin/sbx, sbx/common/jax_layers.py), re-derived in float64.
+
+    Written from reading SBX's arithmetic, not from its code. State ("batch_stats"):
+    the moving `mean` (starts at 0) and `var` (at 1, the moving *variance*, as Keras's
+    BatchNormalization keeps it), a call counter `steps` (at 0) and the bounds r_max = 3,
+    d_max = 5, which SBX never changes. A training call, with µ_B and the biased var_B
+    over every axis but the last:
+
+        σ_B = sqrt(var_B + ε),  σ = sqrt(var + ε)
+        r = clip(σ_B / σ, 1/r_max, r_max),  d = clip((µ_B − mean) / σ, −d_max, d_max)
+        while steps < warm_up_steps:  µ' = µ_B,                     v' = var_B  (batch norm)
+        from then on:                 µ' = µ_B − d·sqrt(var_B)/r,   v' = var_B / r²
+        y = γ · (x − µ') / sqrt(v' + ε) + β
+        mean ← m·mean + (1 − m)·µ_B,  var ← m·var + (1 − m)·var_B,  steps ← steps + 1
+
+    and at inference y = γ · (x − mean) / sqrt(var + ε) + β.
+
+    Where ε goes. r and d are brlib's (moving_statistic="variance": σ = sqrt(var + ε)),
+    but SBX adds ε to the corrected variance var_B / r², after dividing by r²:
+
+        SBX:    y = (x − µ_B) · r / sqrt(var_B + r²ε) + d · sqrt(var_B) / sqrt(var_B + r²ε)
+        brlib:  y = (x − µ_B) · r / sqrt(var_B + ε)   + d              (Algorithm 1)
+
+    (γ and β aside). The two agree where r = 1 and d = 0 (SBX's warm-up) and differ by
+    O((r² − 1)·ε / var_B) in the scale and O(d·r²ε / var_B) in the shift otherwise.
+    `placement="paper"` computes SBX's state and corrections with ε placed as brlib
+    places it (µ' = µ_B − d·σ_B/r and sqrt(v' + ε) replaced by σ_B/r); `placement="sbx"`
+    is SBX as it is.
+    """
+
+    def __init__(self, channels, momentum=0.99, epsilon=1e-3, warm_up_steps=100_000,
+                 r_max=3.0, d_max=5.0, gamma=None, beta=None, placement="sbx"):
+        self.mean, self.var, self.steps = np.zeros(channels), np.ones(channels), 0
+        self.momentum, self.epsilon, self.warm_up_steps = momentum, epsilon, warm_up_steps
+        self.r_max, self.d_max, self.placement = r_max, d_max, placement
+        self.gamma = np.ones(channels) if gamma is None else np.asarray(gamma, np.float64)
+        self.beta = np.zeros(channels) if beta is None else np.asarray(beta, np.float64)
+        self.r = self.d = None
+
+    def train_step(self, x):
+        x = np.asarray(x, np.float64)
+        axes = tuple(range(x.ndim - 1))
+        mean_b = x.mean(axis=axes)
+        var_b = np.maximum((x * x).mean(axis=axes) - mean_b ** 2, 0.0)  # Flax's fast variance
+        eps = self.epsilon
+        sigma_b, sigma = np.sqrt(var_b + eps), np.sqrt(self.var + eps)
+        self.r = np.clip(sigma_b / sigma, 1.0 / self.r_max, self.r_max)
+        self.d = np.clip((mean_b - self.mean) / sigma, -self.d_max, self.d_max)
+        if self.steps < self.warm_up_steps:
+            center, divisor = mean_b, np.sqrt(var_b + eps)
+        elif self.placement == "sbx":
+            center = mean_b - self.d * np.sqrt(var_b) / self.r
+            divisor = np.sqrt(var_b / self.r ** 2 + eps)
+        else:  # ε where Algorithm 1 puts it: (x − µ_B)/σ_B · r + d
+            center, divisor = mean_b - self.d * sigma_b / self.r, sigma_b / self.r
+        y = (x - center) / divisor * self.gamma + self.beta
+        self.mean = self.momentum * self.mean + (1 - self.momentum) * mean_b
+        self.var = self.momentum * self.var + (1 - self.momentum) * var_b
+        self.steps += 1
+        return y
+
+    def infer(self, x):
+        x = np.asarray(x, np.float64)
+        return (x - self.mean) / np.sqrt(self.var + self.epsilon) * self.gamma + self.beta
+
+
+def sbx_like_layer(channels, warm_up_steps, momentum=0.99, epsilon=1e-3, seed=3):
+    """brlib's layer with SBX's settings: moving variance, its ε, bounds opening at once."""
+    layer = br.BatchRenormalization(momentum=momentum, epsilon=epsilon, rmax=3.0, dmax=5.0,
+                                    moving_statistic="variance", warmup_steps=warm_up_steps)
+    layer.build((None, channels))
+    rng = np.random.default_rng(seed)
+    gamma, beta = rng.uniform(0.5, 2, channels), rng.normal(size=channels)
+    layer.gamma.assign(gamma)
+    layer.beta.assign(beta)
+    return layer, gamma, beta
+
+
+def sbx_batches(steps, shape=(32, 5), seed=0):
+    """Batches that drift far enough between steps for r and d to be clipped at 3 and 5."""
+    rng = np.random.default_rng(seed)
+    for _ in range(steps):
+        scale = rng.uniform(0.3, 8.0, shape[1])
+        shift = rng.uniform(-12, 12, shape[1])
+        yield (rng.normal(size=shape) * scale + shift).astype(np.float32)
+
+
+SBX_TOLERANCE = dict(rtol=1e-5, atol=1e-5)
+
+
+def test_matches_sbx_batch_renorm_with_epsilon_placed_as_brlib_places_it():
+    # Everything SBX computes but the placement of ε in the output: r, d, the warm-up
+    # (batch norm for warm_up_steps calls, then r and d clipped at 3 and 5 at once), the
+    # moving mean and moving variance, the call counter, and inference.
+    warm_up, momentum = 4, 0.9
+    layer, gamma, beta = sbx_like_layer(5, warm_up, momentum)
+    sbx = SbxBatchRenorm(5, momentum, 1e-3, warm_up, gamma=gamma, beta=beta, placement="paper")
+    clipped = []
+    for step, x in enumerate(sbx_batches(12)):
+        assert_close(layer(x, training=True), sbx.train_step(x), **SBX_TOLERANCE)
+        assert_close(layer.moving_mean, sbx.mean, **SBX_TOLERANCE)
+        assert_close(layer.moving_variance, sbx.var, **SBX_TOLERANCE)
+        assert int(as_numpy(layer.step)) == sbx.steps
+        bounds = (1.0, 0.0) if step < warm_up else (3.0, 5.0)
+        assert (float(layer.rmax), float(layer.dmax)) == bounds
+        if step >= warm_up:
+            clipped.append(float(layer.fraction_r_clipped) + float(layer.fraction_d_clipped))
+    assert max(clipped) > 0  # the data drove r or d into SBX's bounds
+    assert_close(layer(x), sbx.infer(x), **SBX_TOLERANCE)
+
+
+@pytest.mark.parametrize("epsilon", [1e-3, 1e-9])
+def test_sbx_batch_renorm_differs_only_by_where_it_adds_epsilon(epsilon):
+    # SBX as it is. During its warm-up (r = 1, d = 0) and in the moving statistics the two
+    # agree to float32 rounding; after it, SBX divides by sqrt(var_B + r²ε) instead of
+    # sqrt(var_B + ε) and shrinks d by sqrt(var_B / (var_B + r²ε)) (SbxBatchRenorm's
+    # docstring), a difference of order ε/var_B: visible at SBX's default ε = 1e-3, below
+    # float32 rounding at ε = 1e-9.
+    warm_up, momentum = 3, 0.9
+    layer, gamma, beta = sbx_like_layer(5, warm_up, momentum, epsilon)
+    sbx = SbxBatchRenorm(5, momentum, epsilon, warm_up, gamma=gamma, beta=beta)
+    after = []
+    for step, x in enumerate(sbx_batches(10, seed=1)):
+        ours, theirs = as_numpy(layer(x, training=True)), sbx.train_step(x)
+        assert_close(layer.moving_mean, sbx.mean, **SBX_TOLERANCE)
+        assert_close(layer.moving_variance, sbx.var, **SBX_TOLERANCE)
+        if step < warm_up:
+            assert_close(ours, theirs, **SBX_TOLERANCE)
+        else:
+            after.append(np.max(np.abs(ours - theirs) / (1 + np.abs(theirs))))
+    assert_close(layer(x), sbx.infer(x), **SBX_TOLERANCE)
+    if epsilon > 1e-6:
+        assert 1e-5 < max(after) < 10 * 3.0 ** 2 * epsilon  # real, and of order r²ε
+    else:
+        assert max(after) < 1e-5

@@ -5,6 +5,7 @@ from test_results import write_runs
 
 from brlib import __main__ as cli
 from brlib import results
+from brlib.files import write_atomic
 
 
 def test_figure_prints_the_table_of_every_arm_and_draws_the_main_ones(tmp_path, capsys):
@@ -55,7 +56,7 @@ def test_figure_sets_a_rerun_beside_the_committed_results(tmp_path, capsys):
     out = capsys.readouterr().out
     assert code == 0
     assert "same settings; 1 of 2 runs wrote the same CSV" in out and "batchnorm_seed1.csv" in out
-    results.write_atomic(tmp_path / "committed" / "quick" / results.SETTINGS_FILE, b'{"steps": 9}')
+    write_atomic(tmp_path / "committed" / "quick" / results.SETTINGS_FILE, b'{"steps": 9}')
     cli.main(["figure", "--preset", "quick", "--results-dir", str(tmp_path / "runs"),
               "--figures-dir", str(tmp_path / "figures"), "--compare", str(tmp_path / "committed")])
     assert "recorded with other settings" in capsys.readouterr().out

@@ -60,3 +60,51 @@ def test_main_command_leaves_a_fresh_clone_clean(tmp_path):
     status = subprocess.run(["git", "status", "--porcelain", "--ignored=no"], cwd=clone,
                             capture_output=True, text=True, check=True).stdout
     assert status == "", status
+
+
+# TensorFlow's C++ log lines (glog/absl: severity letter, MMDD, time, thread, file:line]),
+# its start-up notices and the CUDA driver's complaint on a machine without a GPU.
+TENSORFLOW_LOG = re.compile(r"(?:^|\r)[IWEF]\d{4} |cuInit|oneDNN|cuda_|absl::InitializeLog"
+                            r"|rebuild TensorFlow", re.M)
+
+
+def test_tensorflow_log_pattern_catches_its_lines():
+    # The pattern itself, on lines TensorFlow 2.21 printed on a CPU-only machine.
+    for line in [
+        "I0000 00:00:1796264170.037253   13238 port.cc:153] oneDNN custom operations are on.",
+        "E0000 00:00:1796264182.168680   13238 cuda_platform.cc:52] failed call to cuInit: "
+        "INTERNAL: CUDA error: Failed call to cuInit: UNKNOWN ERROR (303)",
+        "WARNING: All log messages before absl::InitializeLog() is called are written to STDERR",
+    ]:
+        assert TENSORFLOW_LOG.search(f"progress\n{line}\n"), line
+    assert not TENSORFLOW_LOG.search("quick, 1 runs: 100%|##| 30/30 [00:09<00:00]\nerror: x\n")
+
+
+# Three evaluations (the quick preset's final ones) of two steps each: seconds of training.
+QUIET_RUN = ["--steps", "6", "--eval-every", "2", "--seeds", "1", "--arms", "batchnorm",
+             "--jobs", "1"]
+
+
+def test_reproduce_trains_without_tensorflow_start_up_lines(tmp_path):
+    # TF_CPP_MIN_LOG_LEVEL is removed, so that `python -m brlib` must set it itself before
+    # its training processes start TensorFlow (they inherit it); without it they print
+    # "failed call to cuInit" and the start-up notices above.
+    try:
+        from brlib import data
+
+        data.fashion_mnist(download=False)
+    except data.DatasetNotFoundError as error:
+        pytest.skip(f"needs Fashion-MNIST installed: {error}")
+    environment = {name: value for name, value in os.environ.items()
+                   if name != "TF_CPP_MIN_LOG_LEVEL"}
+    environment["PYTHONPATH"] = os.pathsep.join(
+        [str(ROOT)] + ([environment["PYTHONPATH"]] if environment.get("PYTHONPATH") else []))
+    results = tmp_path / "results"
+    finished = subprocess.run(
+        [sys.executable, "-m", "brlib", "reproduce", "--preset", "quick", *QUIET_RUN,
+         "--results-dir", str(results)],
+        cwd=tmp_path, env=environment, capture_output=True, text=True, timeout=300)
+    assert finished.returncode == 0, finished.stderr[-2000:]
+    assert (results / "quick" / "batchnorm_seed0.csv").is_file()  # a training process ran
+    lines = [line for line in finished.stderr.splitlines() if TENSORFLOW_LOG.search(line)]
+    assert not lines, "\n".join(lines)

@@ -66,12 +66,14 @@ def test_bad_arguments_are_named(kwargs, name):
 
 def nested_model():
     inner = keras.Sequential([keras.Input((4,)), keras.layers.Dense(6),
-                              br.BatchRenormalization(microbatch_size=2)], name="inner")
+                              # warmup_steps=None: the schedule, not the layer, sets the bounds.
+                              br.BatchRenormalization(microbatch_size=2, warmup_steps=None)],
+                             name="inner")
     inputs = keras.Input((4,))
     # A dense layer between the two normalizations: batch norm's outputs over pairs sum to
     # zero in every pair, so without its bias the outer layer's µ_B (and d) would be exactly 0.
     hidden = keras.layers.Dense(5, bias_initializer="random_normal")(inner(inputs))
-    hidden = br.BatchRenormalization(microbatch_size=4)(hidden)
+    hidden = br.BatchRenormalization(microbatch_size=4, warmup_steps=None)(hidden)
     return keras.Model(inputs, keras.layers.Dense(2)(hidden))
 
 
