@@ -11,12 +11,12 @@ import csv
 import dataclasses
 import io
 import json
-import os
 import re
 from pathlib import Path
 
 import numpy as np
 
+from brlib.files import write_atomic
 from brlib.protocol import ARMS, PRESETS, Preset, check_arms, reported
 
 # What every evaluation records. `train_accuracy` is the training-mode accuracy on the
@@ -40,20 +40,6 @@ SETTINGS_FILE = "settings.json"
 # ---------------------------------------------------------------------------
 # Files
 # ---------------------------------------------------------------------------
-def write_atomic(path, payload):
-    """Writes bytes to `path` through a temporary file and a rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # One temporary name per process, so that two writers (the workers of a cluster
-    # recording the same settings) never move each other's file.
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(temporary, "wb") as handle:
-        handle.write(payload)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temporary, path)
-
-
 def committed_results():
     """The directory of the committed results: the checkout's data/results, else the copy
     that ships inside the installed package (as in Colab, without a clone)."""
@@ -486,6 +472,12 @@ def within_arm_difference(results, arm, column, reference):
     return mean, interval
 
 
+def _within_arm_cell(results, arm, column, reference):
+    """A within-arm difference as a table cell, "mean [low, high]" in points."""
+    mean, (low, high) = within_arm_difference(results, arm, column, reference)
+    return f"{mean:+.2f} [{low:+.2f}, {high:+.2f}]"
+
+
 def format_noniid_table(results):
     """A Markdown table of the non-i.i.d. experiment beside the paper's Figure 3 numbers.
 
@@ -554,8 +546,7 @@ def format_mismatch_table(results):
             if column not in curves.columns or reference not in curves.columns:
                 cells.append("—")
                 continue
-            mean, (low, high) = within_arm_difference(results, arm, column, reference)
-            cells.append(f"{mean:+.2f} [{low:+.2f}, {high:+.2f}]")
+            cells.append(_within_arm_cell(results, arm, column, reference))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -759,8 +750,7 @@ def format_sweep_mismatch_table(sweep):
                 if arm not in loaded:
                     cells.append("—")
                     continue
-                mean, (low, high) = within_arm_difference(loaded, arm, column, reference)
-                cells.append(f"{mean:+.2f} [{low:+.2f}, {high:+.2f}]")
+                cells.append(_within_arm_cell(loaded, arm, column, reference))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -775,11 +765,17 @@ def format_best_table(sweep, column="val_accuracy"):
     best = best_learning_rates(sweep, column)
     base = next(rate for rate, loaded in sweep.items() if "_lr" not in loaded.preset.name)
     choices = [("the preset's own rate", {arm: base for arm in SWEEP_ARMS})]
+    own_best = {arm: best[arm] for arm in SWEEP_ARMS if arm in best}
     if "both" in best:
-        choices.append(("best for batch norm and renorm together",
-                        {arm: best["both"] for arm in SWEEP_ARMS}))
-    choices.append(("each arm at its own best", {arm: best[arm] for arm in SWEEP_ARMS
-                                                  if arm in best}))
+        together = {arm: best["both"] for arm in SWEEP_ARMS}
+        if together == own_best:  # one row, not two identical ones
+            choices.append(("best for batch norm and renorm together, and each arm's own best",
+                            together))
+        else:
+            choices += [("best for batch norm and renorm together", together),
+                        ("each arm at its own best", own_best)]
+    else:
+        choices.append(("each arm at its own best", own_best))
     lines = ["| rates | " + " | ".join(f"{ARMS[arm].label}" for arm in SWEEP_ARMS) +
              f" | {ARMS['batchrenorm'].label} − {ARMS['batchnorm'].label} | steady | "
              f"{ARMS['baseline'].label} − {ARMS['batchnorm'].label} | steady |",

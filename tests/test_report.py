@@ -10,6 +10,7 @@ from test_results import write_runs
 
 from brlib import __main__ as cli
 from brlib import report, results
+from brlib.files import write_atomic
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -25,7 +26,7 @@ def write_settings(directory, preset="quick", last=1):
                 "microbatch_size": 2, "widths": [8, 16, 32], "sampling": "iid", "threads": 1,
                 "final_evaluations": last}
     path = Path(directory) / preset / results.SETTINGS_FILE
-    results.write_atomic(path, json.dumps(settings).encode())
+    write_atomic(path, json.dumps(settings).encode())
 
 
 def test_ablations_are_compared_with_their_twins(tmp_path):
@@ -59,9 +60,11 @@ def test_report_command_regenerates_the_readme_findings(tmp_path):
     from test_results import SWEEP, write_sweep
 
     write_sweep(tmp_path / "results", {rate: SWEEP[rate] for rate in (1e-3, 1e-2)})
-    # The command's findings are cpu's; here cpu's sweep is quick's runs under its names.
-    for directory in (tmp_path / "results").iterdir():
-        directory.rename(tmp_path / "results" / directory.name.replace("quick", "cpu"))
+    # The command's findings are cpu's and quick's; here cpu's sweep is a copy of quick's.
+    import shutil
+
+    for directory in list((tmp_path / "results").iterdir()):
+        shutil.copytree(directory, tmp_path / "results" / directory.name.replace("quick", "cpu"))
     readme = tmp_path / "README.md"
     readme.write_text(f"# Title\n\n{report.FINDINGS_BEGIN}\nold\n{report.FINDINGS_END}\n\nEnd.\n")
     assert cli.main(["report", "--results-dir", str(tmp_path / "results"),
@@ -114,19 +117,23 @@ def test_the_committed_readme_findings_are_what_the_results_generate():
         "README.md's findings are stale: run `python -m brlib report`")
 
 
-def test_findings_give_renorm_against_batch_norm_at_the_own_and_the_best_rate(tmp_path):
+def test_findings_give_renorm_against_batch_norm_at_the_own_and_the_best_rates(tmp_path):
     from test_results import SWEEP, write_sweep
 
     write_sweep(tmp_path, SWEEP)
-    lines = report.findings(tmp_path, swept="quick").splitlines()
-    assert len(lines) == 2  # no Figure 3 presets here
-    for line, rate in zip(lines, (1e-3, 1e-2)):  # 1e-2 has the highest mean of the two arms
-        finals = {arm: 100 * np.array(SWEEP[rate][arm]) for arm in ("batchnorm", "batchrenorm")}
-        deltas = finals["batchrenorm"] - finals["batchnorm"]
+    lines = report.findings(tmp_path, swept=("quick",)).splitlines()
+    assert len(lines) == 3  # no Figure 3 presets here
+    # 1e-3 is the preset's own rate; 1e-2 has the highest mean of the two arms; renorm's own
+    # best is 3e-2, batch norm's 1e-2.
+    for line, (renorm_rate, batchnorm_rate) in zip(lines, ((1e-3, 1e-3), (1e-2, 1e-2), (3e-2, 1e-2))):
+        deltas = 100 * (np.array(SWEEP[renorm_rate]["batchrenorm"])
+                        - np.array(SWEEP[batchnorm_rate]["batchnorm"]))
         low, high = stats.t.interval(0.95, len(deltas) - 1, loc=deltas.mean(),
                                      scale=stats.sem(deltas))
-        assert f"Adam at {rate:g}" in line
         assert f"batch renorm − batch norm {deltas.mean():+.2f} [{low:+.2f}, {high:+.2f}]" in line
+    assert "Adam at 0.001, the presets' learning rate" in lines[0]
+    assert "Adam at 0.01, the best learning rate for batch norm and renorm together" in lines[1]
+    assert "each arm at its own best" in lines[2] and "0.03 (Batch Renorm)" in lines[2]
 
 
 def test_a_readme_without_the_findings_markers_is_refused(tmp_path):

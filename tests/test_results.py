@@ -8,6 +8,7 @@ import pytest
 from scipy import stats
 
 from brlib import results
+from brlib.files import write_atomic
 from brlib.protocol import PRESETS
 
 
@@ -32,8 +33,7 @@ def write_runs(directory, arm, accuracies, recalibrated=None, preset="quick", pa
             for i, row in enumerate(rows):
                 row["train_accuracy"] = pairs[0][seed][i]
                 row["val_accuracy_minibatch_stats"] = pairs[1][seed][i]
-        results.write_atomic(directory / preset / f"{arm}_seed{seed}.csv",
-                             results.rows_to_csv(rows))
+        write_atomic(directory / preset / f"{arm}_seed{seed}.csv", results.rows_to_csv(rows))
 
 
 def test_settings_are_recorded_then_enforced(tmp_path):
@@ -218,7 +218,7 @@ def test_csv_rows_read_back_to_the_same_bytes(tmp_path):
              "train_loss": 0.5, "r_clipped": 0.0, "d_clipped": 1.0, "wall_seconds": 12.34,
              "train_accuracy": 0.75, "val_accuracy_minibatch_stats": 0.6999999999999}]
     path = tmp_path / "run.csv"
-    results.write_atomic(path, results.rows_to_csv(rows))
+    write_atomic(path, results.rows_to_csv(rows))
     again = results.read_csv(path)
     assert again == rows and isinstance(again[0]["step"], int)
     assert results.rows_to_csv(again) == path.read_bytes()
@@ -277,7 +277,7 @@ def test_noniid_table_shows_the_inference_fit_of_training_examples_where_recorde
         rows = results.read_csv(path)
         for row, value in zip(rows, (0.7, 0.75 + 0.05 * seed)):
             row["train_loss_inference"], row["train_accuracy_inference"] = 1.0, value
-        results.write_atomic(path, results.rows_to_csv(rows))
+        write_atomic(path, results.rows_to_csv(rows))
     loaded = results.load_results(tmp_path, "noniid")
     table = results.format_noniid_table(loaded)
     assert "training examples, inference network (%)" in table.splitlines()[0]
@@ -403,6 +403,17 @@ def test_arms_at_their_own_rates_are_paired_by_seed_across_presets(tmp_path):
     own = next(line for line in table.splitlines() if line.startswith("| each arm at its own"))
     assert f"{deltas.mean():+.2f} [{low:+.2f}, {high:+.2f}]" in own
     assert "| the preset's own rate | 0.001 | 0.001 | 0.001 |" in table
+
+
+def test_the_best_table_has_one_row_when_every_arm_is_best_at_the_shared_rate(tmp_path):
+    agreeing = {rate: dict(arms) for rate, arms in SWEEP.items()}
+    agreeing[3e-2]["batchrenorm"] = [0.80, 0.80, 0.80]  # now 1e-2 is every arm's best
+    write_sweep(tmp_path, agreeing)
+    table = results.format_best_table(results.load_learning_rate_sweep(tmp_path, "quick"))
+    rows = [line for line in table.splitlines()[2:]]
+    assert [row.split(" | ")[0] for row in rows] == [
+        "| the preset's own rate", "| best for batch norm and renorm together, and each arm's own best"]
+    assert "| 0.01 | 0.01 | 0.01 |" in rows[1]
 
 
 def test_the_sweep_tables_give_each_rates_paired_difference_and_mismatch(tmp_path):
