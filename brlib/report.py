@@ -210,26 +210,24 @@ def _finding(loaded, arm, reference):
     return text if steadiness.steady else f"{text}, not at a steady state ({steadiness})"
 
 
+# How the README's findings name each kind of `results.chosen_learning_rates`.
+_FINDING_RATES = {"own": "the presets' learning rate",
+                  "together": "the best learning rate for batch norm and renorm together",
+                  "each": "each arm at its own best",
+                  "together, each": "every arm's best learning rate"}
+
+
 def _sweep_findings(results_dir, base):
     sweep = results.load_learning_rate_sweep(results_dir, base)
-    own = next(rate for rate, loaded in sweep.items() if "_lr" not in loaded.preset.name)
-    best = results.best_learning_rates(sweep)
-    own_best = {arm: best[arm] for arm in results.SWEEP_ARMS if arm in best}
-    shared = {arm: best.get("both", own) for arm in results.SWEEP_ARMS}
-    choices = [(dict.fromkeys(results.SWEEP_ARMS, own), "the presets' learning rate")]
-    if shared == own_best:
-        choices.append((shared, "every arm's best learning rate"))
-    else:
-        choices += [(shared, "the best learning rate for batch norm and renorm together"),
-                    (own_best, "each arm at its own best")]
     lines = []
-    for rates, how in choices:
+    for kind, rates in results.chosen_learning_rates(sweep):
         loaded = results.at_learning_rates(sweep, rates)
-        adam = ("Adam at " + ", ".join(sorted({f"{rate:g}" for rate in rates.values()}))
-                if len(set(rates.values())) == 1 else
-                "Adam at " + ", ".join(f"{rates[arm]:g} ({ARMS[arm].label})" for arm in rates))
+        if len(set(rates.values())) == 1:
+            adam = f"Adam at {next(iter(rates.values())):g}"
+        else:
+            adam = "Adam at " + ", ".join(f"{rates[arm]:g} ({ARMS[arm].label})" for arm in rates)
         lines.append(f"- Figure 2 (`{base}`, microbatches of {loaded.preset.microbatch_size}, "
-                     f"{len(loaded['batchnorm'].seeds)} seeds), {adam}, {how}: "
+                     f"{len(loaded['batchnorm'].seeds)} seeds), {adam}, {_FINDING_RATES[kind]}: "
                      f"batch renorm − batch norm {_finding(loaded, 'batchrenorm', 'batchnorm')}; "
                      "batch norm over groups of 32 − batch norm "
                      f"{_finding(loaded, 'baseline', 'batchnorm')}.")

@@ -755,34 +755,44 @@ def format_sweep_mismatch_table(sweep):
     return "\n".join(lines)
 
 
+# The rates at which a sweep's arms are compared, by kind; "together, each" is one choice
+# where the rate best for batch norm and renorm together is every arm's own best too.
+CHOICE_LABELS = {"own": "the preset's own rate",
+                 "together": "best for batch norm and renorm together",
+                 "each": "each arm at its own best",
+                 "together, each": "best for batch norm and renorm together, and each arm's own best"}
+
+
+def chosen_learning_rates(sweep, column="val_accuracy"):
+    """The comparisons a sweep is read at, as [(kind, {arm: rate})]: the base preset's own
+    rate ("own"), the rate best for batch norm and renorm together ("together") and each
+    arm at its own best ("each"), the last two as one ("together, each") when they agree."""
+    best = best_learning_rates(sweep, column)
+    base = next(rate for rate, loaded in sweep.items() if "_lr" not in loaded.preset.name)
+    choices = [("own", dict.fromkeys(SWEEP_ARMS, base))]
+    own_best = {arm: best[arm] for arm in SWEEP_ARMS if arm in best}
+    together = dict.fromkeys(SWEEP_ARMS, best["both"]) if "both" in best else None
+    if together == own_best:
+        choices.append(("together, each", together))
+    else:
+        choices += [("together", together)] if together else []
+        choices.append(("each", own_best))
+    return choices
+
+
 def format_best_table(sweep, column="val_accuracy"):
-    """A Markdown table of the comparisons at chosen rates: the base preset's own rate,
-    the rate best for batch norm and renorm together, and each arm at its own best.
+    """A Markdown table of the comparisons at `chosen_learning_rates`.
 
     Each row gives the rates, renorm − batch norm and batch norm over groups of 32 −
     batch norm over microbatches, paired by seed, with their steady-state checks.
     """
-    best = best_learning_rates(sweep, column)
-    base = next(rate for rate, loaded in sweep.items() if "_lr" not in loaded.preset.name)
-    choices = [("the preset's own rate", {arm: base for arm in SWEEP_ARMS})]
-    own_best = {arm: best[arm] for arm in SWEEP_ARMS if arm in best}
-    if "both" in best:
-        together = {arm: best["both"] for arm in SWEEP_ARMS}
-        if together == own_best:  # one row, not two identical ones
-            choices.append(("best for batch norm and renorm together, and each arm's own best",
-                            together))
-        else:
-            choices += [("best for batch norm and renorm together", together),
-                        ("each arm at its own best", own_best)]
-    else:
-        choices.append(("each arm at its own best", own_best))
     lines = ["| rates | " + " | ".join(f"{ARMS[arm].label}" for arm in SWEEP_ARMS) +
              f" | {ARMS['batchrenorm'].label} − {ARMS['batchnorm'].label} | steady | "
              f"{ARMS['baseline'].label} − {ARMS['batchnorm'].label} | steady |",
              "|---|" + "---|" * (len(SWEEP_ARMS) + 4)]
-    for name, rates in choices:
+    for kind, rates in chosen_learning_rates(sweep, column):
         loaded = at_learning_rates(sweep, rates)
-        cells = [name] + [_rate(rates[arm]) if arm in rates else "—" for arm in SWEEP_ARMS]
+        cells = [CHOICE_LABELS[kind]] + [_rate(rates[arm]) if arm in rates else "—" for arm in SWEEP_ARMS]
         for arm in ("batchrenorm", "baseline"):
             if arm in loaded and "batchnorm" in loaded:
                 cells.append(format_difference(paired_difference(loaded, arm, "batchnorm",
