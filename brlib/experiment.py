@@ -53,7 +53,7 @@ from brlib.protocol import OPTIMIZERS as OPTIMIZER_CLASS_NAMES  # noqa: E402
 from brlib.results import (SETTINGS_FILE, check_settings, read_csv, record_settings,  # noqa: E402
                            result_path, rows_to_csv)
 from brlib.sampling import (epoch_order, indices_by_class, paired_batches,  # noqa: E402
-                            paired_minibatch)
+                            paired_minibatch, remix)
 from brlib.schedule import renorm_layers  # noqa: E402
 from brlib.validation import check_integer, check_number  # noqa: E402
 
@@ -98,7 +98,7 @@ def build_model(arm, preset, input_shape, classes):
     if not ARMS[arm].logit_norm:  # the class scores are left as the last convolution gives them
         normalization = _without_norm4(normalization)
     return seed_convnet(input_shape, classes, normalization, dropout=preset.dropout,
-                        widths=preset.widths)
+                        widths=preset.widths, head=preset.head)
 
 
 def _without_norm4(normalization):
@@ -108,7 +108,7 @@ def _without_norm4(normalization):
 
 
 def sampling_for(arm, preset):
-    """How `arm` draws its minibatches in `preset`: "iid" or "pairs"."""
+    """How `arm` draws its minibatches in `preset`: "iid", "pairs" or "remixed"."""
     return ARMS[arm].sampling or preset.sampling
 
 
@@ -139,6 +139,10 @@ class Run:
             raise ValueError(
                 f"`minibatch_size`={preset.minibatch_size} must split into {replicas} "
                 f"replicas of whole microbatches of {group}: microbatches stay on one replica.")
+        if sampling_for(arm, preset) == "remixed" and preset.minibatch_size < 2 * GROUP:
+            raise ValueError(f"`minibatch_size`={preset.minibatch_size} must hold at least 2 "
+                             f"groups of {GROUP} for arm {arm!r}, which re-mixes pairs across "
+                             "the groups of a step.")
         keras.utils.set_random_seed(seed)
         classes = int(max(self.y_train.max(), self.y_test.max())) + 1
         with self.strategy.scope():
@@ -149,11 +153,13 @@ class Run:
             # Since the last evaluation: loss, r clipped, d clipped, steps, correct predictions.
             self.sums = tf.Variable(tf.zeros(5), trainable=False)
         self.layers = renorm_layers(self.model)
-        self.pairs = sampling_for(arm, preset) == "pairs"
+        self.remixed = sampling_for(arm, preset) == "remixed"
+        self.pairs = self.remixed or sampling_for(arm, preset) == "pairs"
         self._by_class = indices_by_class(self.y_train) if self.pairs else None
         self.loss_fn = keras.losses.SparseCategoricalCrossentropy(
             from_logits=True, reduction="sum")
-        self.schedule = (preset.schedule(ARMS[arm].ramp, ARMS[arm].clipped)
+        self.schedule = (preset.schedule(ARMS[arm].ramp, ARMS[arm].clipped,
+                                         ARMS[arm].warmup_factor)
                          if ARMS[arm].renorm else None)
         self.calibration_batches = self._calibration_batches()
         self._epoch, self._bounds = (None, None), None
@@ -202,7 +208,10 @@ class Run:
         if self.pairs:
             groups = paired_batches(self._by_class, self.seed, count * size // GROUP,
                                     purpose="calibration")
-            return [self.x_train[g.ravel()] for g in np.split(groups, count)]
+            batches = [g.ravel() for g in np.split(groups, count)]
+            if self.remixed:
+                batches = [remix(batch) for batch in batches]
+            return [self.x_train[batch] for batch in batches]
         order = np.random.default_rng([self.seed, 7]).permutation(len(self.x_train))
         count = min(count, len(order) // size)
         return [self.x_train[order[i * size:(i + 1) * size]] for i in range(count)]
@@ -249,7 +258,8 @@ class Run:
         """Indices of the training examples of `step`, a function of (seed, step) alone."""
         size = self.preset.minibatch_size
         if self.pairs:
-            return paired_minibatch(self._by_class, self.seed, step, size)
+            minibatch = paired_minibatch(self._by_class, self.seed, step, size)
+            return remix(minibatch) if self.remixed else minibatch
         per_epoch = len(self.x_train) // size
         epoch, index = divmod(step, per_epoch)
         if self._epoch[0] != epoch:  # one shuffle per epoch, not per step

@@ -3,13 +3,20 @@
 import keras
 
 
-def seed_convnet(input_shape, classes, normalization, dropout=0.5, widths=(64, 128, 256),
-                 name="seed_convnet"):
-    """conv3×3-64 → conv3×3-128/2 → conv3×3-256/2 → conv1×1-classes → global average pool.
+HEADS = ("norm4", "dense")
 
-    Every convolution is followed by `normalization()` and, except the last,
-    by a ReLU; the logits get no ReLU (the student code's defect). Dropout
-    follows the second and third blocks, as in the student reproduction.
+
+def seed_convnet(input_shape, classes, normalization, dropout=0.5, widths=(64, 128, 256),
+                 name="seed_convnet", head="norm4"):
+    """conv3×3-64 → conv3×3-128/2 → conv3×3-256/2 → the head, which gives the class scores.
+
+    Every 3×3 convolution is followed by `normalization()`, a ReLU and,
+    after the second and third, Dropout, as in the student reproduction.
+    The student's head ("norm4") is conv1×1-classes → `normalization()` →
+    global average pool: the class scores are normalized over the batch,
+    and get no ReLU (the student code's defect). The "dense" head is global
+    average pool → dense-classes, as Inception's is: no class score is
+    normalized, so no example's score depends on the others in its batch.
 
     Args:
         input_shape: Shape of one example, channels last, e.g. (32, 32, 3).
@@ -20,6 +27,7 @@ def seed_convnet(input_shape, classes, normalization, dropout=0.5, widths=(64, 1
         widths: Filters of the three 3×3 convolutions; smaller widths make
             the same network cheap enough for a CPU.
         name: Name of the returned model.
+        head: "norm4" (the student's) or "dense".
 
     Returns:
         A `keras.Model` mapping images to logits.
@@ -27,6 +35,8 @@ def seed_convnet(input_shape, classes, normalization, dropout=0.5, widths=(64, 1
     Reference:
         eigenfoo/batch-renorm (2018), the network of its CIFAR-100 runs.
     """
+    if head not in HEADS:
+        raise ValueError(f"`head` must be one of {list(HEADS)}; got head={head!r}.")
     inputs = keras.Input(input_shape)
     x = inputs
     # Fixed layer names give fixed variable paths ("conv1/kernel", "norm1/moving_mean"),
@@ -38,6 +48,10 @@ def seed_convnet(input_shape, classes, normalization, dropout=0.5, widths=(64, 1
         x = keras.layers.ReLU(name=f"relu{index}")(x)
         if dropout and index > 1:
             x = keras.layers.Dropout(dropout, name=f"dropout{index}")(x)
+    if head == "dense":
+        x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
+        logits = keras.layers.Dense(classes, name="dense")(x)
+        return keras.Model(inputs, logits, name=name)
     x = keras.layers.Conv2D(classes, 1, name="conv4")(x)
     x = normalization(name="norm4")(x)
     logits = keras.layers.GlobalAveragePooling2D(name="pool")(x)

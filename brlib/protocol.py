@@ -22,6 +22,10 @@ GROUP = 32
 # there are cores train side by side (`reproduce --jobs`) with the same results.
 DEFAULT_THREADS = 1
 SAMPLINGS = ("iid", "pairs")
+# How an arm may draw its minibatches: a preset's samplings, and "remixed", the paired
+# minibatch with its pairs split across the step's groups (`brlib.sampling.remix`).
+ARM_SAMPLINGS = SAMPLINGS + ("remixed",)
+HEADS = ("norm4", "dense")  # brlib.models.HEADS, without importing Keras
 # A preset's optimizer: its name here, and the class of keras.optimizers the runner builds.
 OPTIMIZERS = {"adam": "Adam", "rmsprop": "RMSprop", "sgd": "SGD"}
 
@@ -55,7 +59,9 @@ class Arm:
         ramp: Whether rmax and dmax follow the preset's warm-up and ramp, or
             sit at their final values from step 0.
         sampling: "iid" to train on shuffled epochs whatever the preset
-            samples; None means the preset's sampling.
+            samples, "remixed" to train on the preset's paired minibatches
+            with every pair split across two of the step's groups; None
+            means the preset's sampling.
         layer: "renorm" for brlib's layer (batch norm or renorm), or
             "groupnorm" for Keras's GroupNormalization, which does not look
             at other examples at all.
@@ -64,6 +70,8 @@ class Arm:
             that the training output equals the inference output.
         logit_norm: Whether the last normalization layer (`norm4`, over the
             class scores) is kept; False replaces it with the identity.
+        warmup_factor: The renorm warm-up (batch norm only) lasts this many
+            times the preset's, and the ramps end as much later.
     """
 
     name: str
@@ -77,6 +85,7 @@ class Arm:
     layer: str = "renorm"
     clipped: bool = True
     logit_norm: bool = True
+    warmup_factor: int = 1
 
 
 STUDENT_ALPHA = 0.99  # the student code's moving-average rate, instead of the paper's 0.01
@@ -111,12 +120,24 @@ ARMS = {arm.name: arm for arm in (
     # on pairs, what pairing costs through the sampling alone.
     Arm("groupnorm_iid", "GroupNorm, i.i.d. groups", "yellowgreen", layer="groupnorm",
         sampling="iid"),
+    # The paired minibatch re-mixed across its groups: pairs − re-mixed is what a partner in
+    # the group costs, re-mixed − i.i.d. what the paired sampling itself costs.
+    Arm("batchnorm_remixed", "Batchnorm, pairs re-mixed", "tab:purple", sampling="remixed"),
+    Arm("batchrenorm_remixed", "Batch Renorm, pairs re-mixed", "tab:pink", renorm=True,
+        sampling="remixed"),
+    Arm("batchrenorm_longwarmup", "Batch Renorm, warm-up × 2", "tab:orange", renorm=True,
+        warmup_factor=2),
 )}
 DEFAULT_ARMS = ("batchnorm", "batchrenorm", "baseline")
 ABLATIONS = ("batchnorm_seedbug", "batchrenorm_seedbug", "batchrenorm_noramp")
 NONIID_ARMS = ("batchnorm", "batchnorm_halves", "batchrenorm", "batchnorm_iid")
 # Figure 3 draws renorm's own i.i.d. control too, where it was run.
 NONIID_FIGURE_ARMS = NONIID_ARMS + ("batchrenorm_iid",)
+# Figure 3 in the paper's structure (many groups per step): the arms that split pairing's
+# cost into a partner in the group and the sampling, for batch norm and renorm.
+WORKERS_ARMS = ("batchnorm", "batchnorm_remixed", "batchnorm_iid", "batchrenorm",
+                "batchrenorm_remixed", "batchrenorm_iid")
+WORKERS_ABLATIONS = ("batchrenorm_longwarmup",)
 # The many-class presets' extra arms: renorm's own i.i.d. control and the ablations.
 NONIID_ABLATIONS = ("batchrenorm_iid", "batchrenorm_unclipped", "batchnorm_rawlogits",
                     "batchnorm_iid_rawlogits", "batchrenorm_rawlogits", "groupnorm_iid")
@@ -148,6 +169,8 @@ class Preset:
     accuracy of a run is the mean of its last `final_evaluations` evaluations.
     `sampling` is "iid" (shuffled epochs) or "pairs" (the paper's Figure 3:
     groups of 32 made of 16 pairs of one label each, see `brlib.sampling`).
+    `head` is the network's head (`brlib.models.seed_convnet`): "norm4"
+    normalizes the class scores over the group, "dense" does not.
     `threads` is the number of CPU threads TensorFlow gives each run (intra-
     and inter-op): TensorFlow's CPU kernels split their sums by thread, so
     results are reproducible, bit for bit, only at a fixed count.
@@ -183,16 +206,22 @@ class Preset:
     sampling: str = "iid"
     threads: int = DEFAULT_THREADS
     curve_test_examples: int = 2000
+    head: str = "norm4"
 
     @property
     def arms(self):
-        """The arms the preset runs and draws by default: Figure 2's, or Figure 3's for pairs."""
-        return NONIID_ARMS if self.sampling == "pairs" else DEFAULT_ARMS
+        """The arms the preset runs and draws by default: Figure 2's, or Figure 3's for pairs
+        (with the dense head, those of the paper's structure)."""
+        if self.sampling != "pairs":
+            return DEFAULT_ARMS
+        return WORKERS_ARMS if self.head == "dense" else NONIID_ARMS
 
     @property
     def figure_arms(self):
         """The arms the preset's figure draws, where they have results."""
-        return NONIID_FIGURE_ARMS if self.sampling == "pairs" else DEFAULT_ARMS
+        if self.sampling == "pairs" and self.head != "dense":
+            return NONIID_FIGURE_ARMS
+        return self.arms
 
     @property
     def figure(self):
@@ -203,12 +232,18 @@ class Preset:
     def classes(self):
         return classes_of(self.dataset)
 
-    def schedule(self, ramp=True, clipped=True):
+    def schedule(self, ramp=True, clipped=True, warmup_factor=1):
         """The rmax/dmax schedule (a `brlib.RenormSchedule`); without `ramp`, the final
         values from step 0. Without `clipped`, batch norm during the warm-up, then
-        rmax = dmax = ∞."""
+        rmax = dmax = ∞. A `warmup_factor` lengthens the warm-up that many times and
+        ends the ramps as many steps later."""
         from brlib.schedule import RenormSchedule
 
+        if warmup_factor != 1:
+            extra = (warmup_factor - 1) * self.warmup_steps
+            return RenormSchedule(self.warmup_steps + extra, self.rmax_final,
+                                  self.rmax_steps + extra, self.dmax_final,
+                                  self.dmax_steps + extra)
         if not clipped:
             inf = float("inf")
             return RenormSchedule(self.warmup_steps, inf, self.warmup_steps, inf,
@@ -317,6 +352,8 @@ class Preset:
         if self.sampling not in SAMPLINGS:
             raise ValueError(f"`sampling` must be one of {list(SAMPLINGS)}; "
                              f"got sampling={self.sampling!r}.")
+        if self.head not in HEADS:
+            raise ValueError(f"`head` must be one of {list(HEADS)}; got head={self.head!r}.")
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"`optimizer` must be one of {sorted(OPTIMIZERS)}; "
                              f"got optimizer={self.optimizer!r}.")
@@ -327,7 +364,8 @@ class Preset:
 # How runs recorded before a setting existed trained: `threads` None, TensorFlow's default
 # thread count (unknown); `curve_test_examples` None, every evaluation scored the whole
 # test split.
-BEFORE_THEY_EXISTED = {"threads": None, "curve_test_examples": None}
+# `head` "norm4": every network normalized its class scores.
+BEFORE_THEY_EXISTED = {"threads": None, "curve_test_examples": None, "head": "norm4"}
 
 # The student reproduction: 1600 = 800 × 2, 300 epochs of 31 steps, Adam 1e-4,
 # rmax/dmax 1/0 until epoch 20, then linear to 1.5/0.5 at epoch 300.
@@ -389,6 +427,27 @@ GLYPHS_SWEEP = tuple(dataclasses.replace(GLYPHS, name=f"glyphs_classes{n}",
 GLYPHS_LONG = dataclasses.replace(GLYPHS, name="glyphs_long", steps=32 * TAU,
                                   lr_decay_start=12 * TAU, lr_decay_end=24 * TAU, seeds=5,
                                   final_evaluations=8)
+# Figure 3 in the paper's structure: a step is 16 groups of 32 (the paper's 50 workers
+# scaled down), each group normalized on its own, and the gradient averages all 16; the
+# network's head does not normalize the class scores ("dense"), as Inception's does not.
+# Steps, not examples, set the time constants of the moving averages and the warm-up, so
+# the preset keeps TAU-sized phases: batch norm for 3 TAU, the learning rate annealed from
+# step 300 to its floor at 550, then 4.5 TAU at the floor for the moving averages to catch
+# up (in the 800-step sweep they had not), the last quarter (750-1000) read. It sees 3.3
+# times the examples of `glyphs`.
+WORKERS_GROUPS = 16
+GLYPHS_WORKERS = dataclasses.replace(
+    GLYPHS, name="glyphs_workers", minibatch_size=WORKERS_GROUPS * GROUP, head="dense",
+    steps=10 * TAU, learning_rate=3e-3, rmax_steps=6 * TAU, dmax_steps=5 * TAU,
+    lr_decay_start=3 * TAU, lr_decay_end=550, seeds=5, final_evaluations=3)
+# Its learning rate is the best of a small sweep of the i.i.d. arm, 2 seeds per rate, read
+# on the recalibrated accuracy, which had settled by step 800 where the moving averages'
+# had not. The sweep starts at 3e-3, since without norm4 the `glyphs` network was still far
+# from fitted at 1e-3.
+WORKERS_SWEEP_ARMS = ("batchnorm_iid",)
+WORKERS_SWEEP = tuple(dataclasses.replace(
+    GLYPHS_WORKERS, name=f"glyphs_workers_lr{rate:g}", learning_rate=rate, steps=8 * TAU,
+    seeds=2, final_evaluations=2) for rate in (3e-3, 1e-2, 3e-2))
 # Figure 2's learning-rate sweep: the quick and cpu presets with Adam at each rate of
 # SWEEP_LEARNING_RATES, everything else unchanged, 3 seeds each (more where a rate is
 # confirmed). The preset's own rate is the preset itself; the others are named
@@ -407,6 +466,8 @@ def learning_rate_preset_name(base_name, learning_rate):
 def learning_rate_sweep(base):
     """{learning rate: preset} of the sweep of `base` (a Preset) over SWEEP_LEARNING_RATES
     and the base's SWEEP_EXTENSIONS."""
+    if base.name == GLYPHS_WORKERS.name:  # a sweep on a shorter schedule of its own
+        return {preset.learning_rate: preset for preset in WORKERS_SWEEP}
     rates = SWEEP_LEARNING_RATES + SWEEP_EXTENSIONS.get(base.name, ())
     return {rate: base if rate == base.learning_rate else dataclasses.replace(
         base, name=learning_rate_preset_name(base.name, rate), learning_rate=rate, seeds=3)
@@ -415,9 +476,11 @@ def learning_rate_sweep(base):
 
 LR_SWEEPS = tuple(preset for base in (QUICK, CPU)
                   for preset in learning_rate_sweep(base).values() if preset is not base)
+LR_SWEEPS += WORKERS_SWEEP
 PRESETS = {preset.name: preset for preset in (SEED, PAPER, SEED_FMNIST, QUICK, CPU,
                                               NONIID_QUICK, NONIID, GLYPHS_QUICK, GLYPHS,
-                                              *GLYPHS_SWEEP, GLYPHS_LONG, *LR_SWEEPS)}
+                                              *GLYPHS_SWEEP, GLYPHS_LONG, GLYPHS_WORKERS,
+                                              *LR_SWEEPS)}
 
 
 def get_preset(name, **overrides):

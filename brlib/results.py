@@ -17,7 +17,8 @@ from pathlib import Path
 import numpy as np
 
 from brlib.files import write_atomic
-from brlib.protocol import ARMS, PRESETS, Preset, check_arms, reported
+from brlib.validation import check_integer
+from brlib.protocol import ARMS, BEFORE_THEY_EXISTED, PRESETS, Preset, check_arms, reported
 
 # What every evaluation records. `train_accuracy` is the training-mode accuracy on the
 # training minibatches since the last evaluation; `val_accuracy_minibatch_stats` is the
@@ -94,13 +95,16 @@ def check_settings(directory, settings, ignore=("seeds",)):
     other settings into it would mix them, and skipping finished seeds would
     return stale ones, so a mismatch is an error that names what differs.
     Keys in `ignore` may differ (more seeds of the same settings are fine).
+    A setting the record lacks has the value that runs recorded before it
+    existed trained with (`brlib.protocol.BEFORE_THEY_EXISTED`).
     A directory without a record is fine unless it holds result CSVs.
     Returns whether a record exists.
     """
     path = Path(directory) / SETTINGS_FILE
-    wanted = json.loads(json.dumps(settings))  # tuples become lists, as on disk
+    # Tuples become lists, as on disk.
+    wanted = {**BEFORE_THEY_EXISTED, **json.loads(json.dumps(settings))}
     if path.exists():
-        stored = json.loads(path.read_text())
+        stored = {**BEFORE_THEY_EXISTED, **json.loads(path.read_text())}
         differ = sorted(key for key in set(stored) | set(wanted) if key not in ignore
                         and stored.get(key) != wanted.get(key))
         if differ:
@@ -318,8 +322,8 @@ class Difference:
         return self.low > 0 or self.high < 0
 
 
-def paired_difference(results, arm, reference, column="val_accuracy"):
-    """`arm` minus `reference` over the seeds both have, with a 95 % t-interval.
+def paired_difference(results, arm, reference, column="val_accuracy", level=0.95):
+    """`arm` minus `reference` over the seeds both have, with a t-interval.
 
     In points for accuracies, in the column's units for losses (`Results.final`).
 
@@ -329,12 +333,37 @@ def paired_difference(results, arm, reference, column="val_accuracy"):
         arm: The arm whose value comes first.
         reference: The arm subtracted from it.
         column: The recorded quantity compared.
+        level: The interval's confidence level; `bonferroni_level` gives the
+            level of each interval of a family read together.
     """
     common = _shared_seeds(results, arm, reference)
     pick = lambda name: results.final(name, column)[[results[name].seeds.index(s)
                                                       for s in common]]
-    mean, sd, (low, high) = t_interval(pick(arm) - pick(reference))
+    mean, sd, (low, high) = t_interval(pick(arm) - pick(reference), level)
     return Difference(arm, reference, column, len(common), mean, sd, low, high)
+
+
+def bonferroni_level(family_size, level=0.95):
+    """The confidence level of each of `family_size` intervals read together (Bonferroni).
+
+    When every interval has this level, all of them cover their true values
+    at once with probability `level` or more, whatever their dependence: an
+    interval of the family that excludes zero is then a finding of the
+    family, not one of the several that exclude zero by chance.
+    """
+    check_integer("family_size", family_size, "a positive integer", lambda v: v > 0)
+    return 1 - (1 - level) / family_size
+
+
+def paired_differences(results, pairs, column="val_accuracy", level=0.95):
+    """The paired differences of (arm, reference) `pairs`, read as one family (Bonferroni).
+
+    Each interval has level `bonferroni_level(len(pairs), level)`, so that
+    together they hold at `level`.
+    """
+    each = bonferroni_level(len(pairs), level)
+    return [paired_difference(results, arm, reference, column, each)
+            for arm, reference in pairs]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -368,6 +397,17 @@ def format_difference(diff):
     return f"{diff.mean:+.2f} [{diff.low:+.2f}, {diff.high:+.2f}]{mark}"
 
 
+def _paired_curves(results, arm, reference, column):
+    """(seeds, evaluations) paired differences in `paired_difference`'s units, and the steps."""
+    a, b = results[arm], results[reference]
+    common = _shared_seeds(results, arm, reference)
+    if not np.array_equal(a.steps, b.steps):
+        raise ValueError(f"arms {arm!r} and {reference!r} were evaluated at different steps")
+    pick = lambda curves: scale_of(column) * np.asarray(curves[column])[
+        [curves.seeds.index(s) for s in common]]
+    return pick(a) - pick(b), np.asarray(a.steps)
+
+
 def steady_state(results, arm, reference, column="val_accuracy"):
     """Whether the difference `arm` − `reference` has settled, against its own uncertainty.
 
@@ -385,19 +425,71 @@ def steady_state(results, arm, reference, column="val_accuracy"):
         reference: The arm subtracted from it.
         column: The recorded quantity compared.
     """
-    a, b = results[arm], results[reference]
-    common = _shared_seeds(results, arm, reference)
-    if not np.array_equal(a.steps, b.steps):
-        raise ValueError(f"arms {arm!r} and {reference!r} were evaluated at different steps")
-    # In the units of `paired_difference`: points for accuracies, as recorded for losses.
-    pick = lambda curves: scale_of(column) * np.asarray(curves[column])[
-        [curves.seeds.index(s) for s in common]]
-    deltas = pick(a) - pick(b)  # (seeds, evaluations)
+    deltas, steps = _paired_curves(results, arm, reference, column)
     reported = final_values(deltas, results.last)
-    in_last_quarter = a.steps >= 0.75 * a.steps[-1]
+    in_last_quarter = steps >= 0.75 * steps[-1]
     drift = float(np.max(np.abs(deltas.mean(axis=0)[in_last_quarter] - reported.mean())))
     _, _, (low, high) = t_interval(reported)
     return Steadiness(arm, reference, column, drift, (high - low) / 2)
+
+
+@dataclasses.dataclass(frozen=True)
+class Trend:
+    """Where a paired difference was heading over the last quarter of the runs.
+
+    `change` and its interval (`low`, `high`) are the change that the seeds'
+    mean slope projects over one more quarter of the run, in the units of
+    `paired_difference`; `half_width` is that of the reported difference.
+    """
+
+    arm: str
+    reference: str
+    column: str
+    change: float
+    low: float
+    high: float
+    half_width: float
+
+    @property
+    def steady(self):
+        """Whether the projected change is no larger than the reported difference's half-width."""
+        return abs(self.change) <= self.half_width
+
+    def __str__(self):
+        return (f"{self.change:+.2f} [{self.low:+.2f}, {self.high:+.2f}] "
+                f"{'≤' if self.steady else '>'} {self.half_width:.2f}")
+
+
+def trend(results, arm, reference, column="val_accuracy"):
+    """The slope test of a steady state: where `arm` − `reference` was heading at the end.
+
+    Per seed, the least-squares slope of the paired difference over the
+    evaluations of the last quarter of the run; across seeds, its mean and
+    95 % t-interval, times a quarter of the run's steps: the change that
+    trend would add over one more quarter. The test passes when that change
+    is no larger than the half-width of the reported difference's interval.
+    `steady_state` asks how far the difference moved; this asks whether it
+    was still moving.
+
+    Args:
+        results: `Results` of one preset; the last quarter must hold at least
+            two evaluations.
+        arm: The arm whose value comes first.
+        reference: The arm subtracted from it.
+        column: The recorded quantity compared.
+    """
+    deltas, steps = _paired_curves(results, arm, reference, column)
+    in_last_quarter = steps >= 0.75 * steps[-1]
+    if in_last_quarter.sum() < 2:
+        raise ValueError("the last quarter of the runs holds fewer than two evaluations: "
+                         "no slope to fit")
+    x = steps[in_last_quarter].astype(float)
+    slopes = np.polyfit(x, deltas[:, in_last_quarter].T, 1)[0]  # one per seed
+    quarter = 0.25 * steps[-1]
+    mean, _, (low, high) = t_interval(slopes * quarter)
+    _, _, (d_low, d_high) = t_interval(final_values(deltas, results.last))
+    return Trend(arm, reference, column, float(mean), float(low), float(high),
+                 float((d_high - d_low) / 2))
 
 
 def format_table(results, reference="batchnorm"):

@@ -76,12 +76,63 @@ def paired_batches(by_class, seed, count, group_size=GROUP, purpose="test"):
     return paired_groups(by_class, rng, count, group_size).reshape(count, group_size)
 
 
+def remix(minibatch, group_size=GROUP):
+    """The paired `minibatch` with every pair split across two of its groups.
+
+    Group g keeps the first members of its own pairs and takes the second
+    members of group g + 1's (the last group those of the first), so the
+    step trains on the same examples, yet no group holds both members of a
+    pair: the paper's two halves control, carried across the step's groups,
+    as MoCo shuffles its batch across workers.
+
+    Args:
+        minibatch: Example indices of shape (groups * group_size,), as
+            `paired_minibatch` returns them (each group's first members first).
+        group_size: Examples per group.
+
+    Returns:
+        The same indices, re-ordered, in groups of `group_size`.
+    """
+    groups = np.asarray(minibatch).reshape(-1, group_size)
+    if len(groups) < 2:
+        raise ValueError(f"`minibatch` must hold at least 2 groups of {group_size} to be "
+                         f"re-mixed; got {len(groups)}.")
+    half = group_size // 2
+    return np.concatenate([groups[:, :half], np.roll(groups[:, half:], -1, axis=0)],
+                          axis=1).ravel()
+
+
 def _check_groups(minibatch_size, group_size):
     if group_size < 2 or group_size % 2:
         raise ValueError(f"`group_size` must be an even integer >= 2; got {group_size!r}.")
     if minibatch_size % group_size:
         raise ValueError(f"`minibatch_size`={minibatch_size} must be a multiple of the group "
                          f"size {group_size}.")
+
+
+def expected_distinct_classes(classes, draws):
+    """Expected number of distinct classes among `draws` labels drawn uniformly, with replacement."""
+    return classes * (1 - (1 - 1 / classes) ** draws)
+
+
+def step_variety(classes, groups, group_size=GROUP):
+    """How many classes one training step holds, paired and i.i.d., in expectation.
+
+    A paired step draws groups × group_size / 2 labels (two examples each),
+    an i.i.d. step groups × group_size labels (classes balanced). For the
+    paper's 50 groups of 32 over 1000 classes: about 551 distinct labels
+    paired, 798 i.i.d.
+
+    Returns:
+        {"pairs" | "iid": {"distinct": expected distinct classes,
+        "per_class": expected examples of each class present}}.
+    """
+    examples = groups * group_size
+    variety = {}
+    for sampling, draws in (("pairs", examples // 2), ("iid", examples)):
+        distinct = expected_distinct_classes(classes, draws)
+        variety[sampling] = {"distinct": distinct, "per_class": examples / distinct}
+    return variety
 
 
 def same_label_partners(labels, group_size=GROUP):

@@ -104,7 +104,12 @@ def test_other_settings_never_return_stale_results(tmp_path, capsys):
 
 @pytest.mark.parametrize("arm", list(protocol.ARMS))
 def test_every_arm_builds_its_normalization(arm):
-    preset = protocol.get_preset("quick", **TINY)
+    # A re-mixed arm needs two groups of 32 to split its pairs between.
+    remixed = protocol.ARMS[arm].sampling == "remixed"
+    preset = protocol.get_preset("quick", **dict(TINY, minibatch_size=64 if remixed else 32))
+    if remixed:
+        with pytest.raises(ValueError, match="`minibatch_size`=32 must hold at least 2 groups"):
+            experiment.Run(protocol.get_preset("quick", **TINY), arm, 0, tiny_data())
     run = experiment.Run(preset, arm, 0, tiny_data())
     spec = protocol.ARMS[arm]
     alpha = 0.99 if arm.endswith("_seedbug") else preset.alpha
@@ -125,6 +130,11 @@ def test_every_arm_builds_its_normalization(arm):
     elif not spec.clipped:  # batch norm for the warm-up, then no bounds at all
         assert run.schedule(preset.warmup_steps - 1) == (1.0, 0.0)
         assert run.schedule(preset.warmup_steps) == (np.inf, np.inf)
+    elif spec.warmup_factor != 1:  # batch norm for twice as long, the ramps shifted as much
+        longer = spec.warmup_factor * preset.warmup_steps
+        assert run.schedule(longer) == (1.0, 0.0) and run.schedule(longer + 1) != (1.0, 0.0)
+        assert run.schedule(preset.rmax_steps + longer - preset.warmup_steps)[0] == (
+            preset.rmax_final)
     elif spec.ramp:
         assert run.schedule(0) == (1.0, 0.0)
         assert run.schedule(preset.steps) == (preset.rmax_final, preset.dmax_final)
@@ -237,6 +247,33 @@ def test_pairs_preset_trains_on_paired_groups_drawn_from_seed_and_step():
     np.testing.assert_array_equal(iid.minibatch(0), sampling.epoch_order(3, 0, 96)[:32])
     halves = experiment.Run(preset, "batchnorm_halves", 3, data)
     assert {layer.microbatch_size for layer in halves.layers} == {16}
+
+
+def test_remixed_steps_train_on_the_paired_examples_with_no_pair_in_one_group():
+    from brlib import sampling
+
+    data = tiny_data()
+    preset = protocol.get_preset("noniid_quick", **dict(PAIRS, minibatch_size=96))
+    paired = experiment.Run(preset, "batchnorm", 3, data)
+    remixed = experiment.Run(preset, "batchnorm_remixed", 3, data)
+    for step in (0, 5):  # the paired step, its pairs split by sampling.remix (tested there)
+        np.testing.assert_array_equal(remixed.minibatch(step),
+                                      sampling.remix(paired.minibatch(step)))
+        assert not np.array_equal(remixed.minibatch(step), paired.minibatch(step))
+    # Recalibration draws its minibatches as the arm trains: re-mixed too.
+    groups = preset.recalibration_batches * 3
+    calibration = sampling.paired_batches(sampling.indices_by_class(data[0][1]), 3, groups,
+                                          purpose="calibration")
+    np.testing.assert_array_equal(remixed.calibration_batches[0],
+                                  data[0][0][sampling.remix(calibration[:3].ravel())])
+
+
+def test_a_preset_chooses_the_head_of_every_arms_network():
+    preset = protocol.get_preset("noniid_quick", **dict(PAIRS, head="dense"))
+    for arm in ("batchnorm", "batchrenorm_remixed"):
+        run = experiment.Run(preset, arm, 0, tiny_data())
+        assert [layer.name for layer in run.layers] == ["norm1", "norm2", "norm3"]
+        assert run.model.layers[-1].name == "dense" and run.model.output_shape == (None, 10)
 
 
 def test_minibatch_statistics_evaluation_normalizes_each_test_group_alone():

@@ -94,10 +94,12 @@ def test_arms_are_checked_by_name():
     with pytest.raises(ValueError, match="arms"):
         protocol.check_arms([])
     named = (set(protocol.DEFAULT_ARMS) | set(protocol.ABLATIONS) | set(protocol.NONIID_ARMS)
-             | set(protocol.NONIID_ABLATIONS))
+             | set(protocol.NONIID_ABLATIONS) | set(protocol.WORKERS_ARMS)
+             | set(protocol.WORKERS_ABLATIONS))
     assert named | {"groupnorm"} == set(protocol.ARMS)
     assert protocol.PRESETS["noniid"].arms == protocol.NONIID_ARMS
     assert protocol.PRESETS["quick"].arms == protocol.DEFAULT_ARMS
+    assert protocol.PRESETS["glyphs_workers"].arms == protocol.WORKERS_ARMS
     assert set(protocol.NONIID_ARMS) <= set(protocol.PRESETS["glyphs"].figure_arms)
 
 

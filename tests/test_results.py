@@ -427,3 +427,49 @@ def test_the_sweep_tables_give_each_rates_paired_difference_and_mismatch(tmp_pat
     mismatch = results.format_sweep_mismatch_table(sweep)
     row = next(line for line in mismatch.splitlines() if line.startswith("| 0.03 |"))
     assert row.split(" | ")[1] == "+5.00 [+5.00, +5.00]"  # batch norm's, written as 0.05
+
+
+def test_trend_projects_the_seeds_slopes_over_one_more_quarter(tmp_path):
+    # Evaluations at steps 10 … 80: the last quarter is steps 60, 70, 80.
+    reference = [[0.1, 0.3, 0.5, 0.6, 0.7, 0.80, 0.81, 0.80],
+                 [0.1, 0.3, 0.5, 0.6, 0.7, 0.82, 0.83, 0.84],
+                 [0.2, 0.3, 0.4, 0.6, 0.7, 0.79, 0.80, 0.80]]
+    climbing = [[v + (0.01 * (i - 5) * (1 + seed) if i >= 5 else 0.0)
+                 for i, v in enumerate(row)] for seed, row in enumerate(reference)]
+    write_runs(tmp_path, "batchnorm", reference, last=2)
+    write_runs(tmp_path, "batchrenorm", climbing, last=2)
+    found = results.trend(results.load_results(tmp_path, "quick"), "batchrenorm", "batchnorm")
+    # Reference: SciPy's linear regression per seed, and its t-interval across seeds.
+    deltas = 100 * (np.array(climbing) - np.array(reference))
+    slopes = [stats.linregress([60, 70, 80], row[5:]).slope for row in deltas]
+    projected = np.array(slopes) * 20  # a quarter of 80 steps
+    low, high = stats.t.interval(0.95, 2, loc=projected.mean(), scale=stats.sem(projected))
+    assert found.change == pytest.approx(projected.mean())
+    assert (found.low, found.high) == pytest.approx((low, high))
+    reported = deltas[:, -2:].mean(axis=1)
+    assert found.half_width == pytest.approx(stats.t.ppf(0.975, 2) * stats.sem(reported))
+    assert found.steady == (abs(projected.mean()) <= found.half_width)
+    assert not found.steady  # +2, +4, +6 points per quarter against a half-width near 2.5
+    # A difference that stopped moving passes.
+    write_runs(tmp_path, "baseline", [[v + 0.01 * seed for v in row]
+                                      for seed, row in enumerate(reference)])
+    flat = results.trend(results.load_results(tmp_path, "quick"), "baseline", "batchnorm")
+    assert flat.change == pytest.approx(0.0, abs=1e-9) and flat.steady
+
+
+def test_a_family_of_differences_gets_bonferroni_intervals(tmp_path):
+    write_runs(tmp_path, "batchnorm", [[0.5, 0.6], [0.5, 0.62], [0.55, 0.61], [0.5, 0.6]])
+    write_runs(tmp_path, "batchrenorm", [[0.5, 0.63], [0.5, 0.64], [0.55, 0.62], [0.5, 0.65]])
+    write_runs(tmp_path, "baseline", [[0.5, 0.59], [0.5, 0.66], [0.55, 0.6], [0.5, 0.61]])
+    loaded = results.load_results(tmp_path, "quick")
+    loaded = results.Results(dataclasses.replace(loaded.preset, final_evaluations=1), loaded)
+    pairs = [("batchrenorm", "batchnorm"), ("baseline", "batchnorm"), ("baseline", "batchrenorm")]
+    family = results.paired_differences(loaded, pairs)
+    for (arm, reference), diff in zip(pairs, family):
+        d = np.array(loaded.final(arm)) - np.array(loaded.final(reference))  # in points
+        # Each interval at 1 − 0.05 / 3: SciPy's t-interval at that level.
+        low, high = stats.t.interval(1 - 0.05 / 3, len(d) - 1, loc=d.mean(), scale=stats.sem(d))
+        assert (diff.low, diff.high) == pytest.approx((low, high))
+    assert results.bonferroni_level(1) == pytest.approx(0.95)
+    with pytest.raises(ValueError, match="`family_size`"):
+        results.bonferroni_level(0)

@@ -99,3 +99,37 @@ def test_test_order_is_a_fixed_permutation_filled_to_whole_groups():
     np.testing.assert_array_equal(order, sampling.test_order(3, 10, 4))
     assert not np.array_equal(order[:10], sampling.test_order(4, 10, 4)[:10])
     np.testing.assert_array_equal(sampling.test_order(3, 10, 2), order[:10])  # whole groups: as is
+
+
+def test_remix_keeps_the_examples_and_splits_every_pair_across_two_groups():
+    # Positions stand for examples: pair i of group g is (32 g + i, 32 g + 16 + i).
+    batch = np.arange(128)
+    mixed = sampling.remix(batch).reshape(4, 32)
+    np.testing.assert_array_equal(np.sort(mixed.ravel()), batch)
+    for group in mixed:
+        pair_ids = [(index // 32, index % 16) for index in group]
+        assert len(set(pair_ids)) == 32  # no two members of one pair
+        # Half of the group is its own first members, as in the two halves control.
+        assert {index // 32 for index in group[:16]} != {index // 32 for index in group[16:]}
+    with pytest.raises(ValueError, match="at least 2 groups"):
+        sampling.remix(batch[:32])
+
+
+@pytest.mark.parametrize("classes, groups", [(300, 3), (300, 16), (40, 2)])
+def test_step_variety_matches_the_distinct_classes_of_drawn_steps(classes, groups):
+    labels = np.repeat(np.arange(classes), 4)
+    by_class = sampling.indices_by_class(labels)
+    variety = sampling.step_variety(classes, groups)
+    paired = [len(set(labels[sampling.paired_minibatch(by_class, 0, step, 32 * groups)]))
+              for step in range(400)]
+    rng = np.random.default_rng(0)
+    iid = [len(set(rng.integers(0, classes, size=32 * groups))) for _ in range(400)]
+    for draws, sampled in (("pairs", paired), ("iid", iid)):
+        assert np.mean(sampled) == pytest.approx(variety[draws]["distinct"], rel=0.02)
+        assert variety[draws]["per_class"] * variety[draws]["distinct"] == pytest.approx(
+            32 * groups)
+
+
+def test_the_papers_workers_see_about_551_labels_paired_and_798_iid():
+    variety = sampling.step_variety(1000, 50)
+    assert round(variety["pairs"]["distinct"]) == 551 and round(variety["iid"]["distinct"]) == 798
