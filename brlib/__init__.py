@@ -24,7 +24,7 @@ from brlib.schedule import RenormSchedule, renorm_layers  # noqa: E402
 __version__ = "0.1.0"
 
 SUBMODULES = ("convert", "data", "diagnostics", "evaluation", "experiment", "files", "glyphs",
-              "models", "plots", "protocol", "recalibration", "report", "results", "sampling",
+              "models", "notebook", "plots", "protocol", "recalibration", "report", "results", "sampling",
               "schedule", "solutions", "validation", "widgets")
 
 __all__ = [*SUBMODULES, "BatchRenormalization", "RenormSchedule", "recalibrate", "recalibrated",

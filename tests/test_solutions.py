@@ -1,6 +1,7 @@
 """brlib.solutions: hidden solutions found in notebook JSON, run, and checked against their text."""
 
 import json
+from pathlib import Path
 
 import nbformat
 import pytest
@@ -120,3 +121,20 @@ def test_a_solution_in_two_parts_records_both_outputs_in_order(tmp_path):
     (found,) = solutions.extract(path)
     assert found.output == "total 5\nagain\n" and found.code.endswith("print('again')\n")
     assert solutions.check(path, {"a": 2, "b": 3}) == ["Solution 1"]
+
+
+NOTEBOOKS = sorted((Path(__file__).resolve().parents[1] / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda path: path.name)
+def test_the_readers_view_hides_the_machinery_by_cell_metadata(path):
+    cells = json.loads(path.read_text())["cells"]
+    setup = cells[1]["metadata"]
+    # The setup cell is collapsed in JupyterLab (source_hidden) and Colab (a form).
+    assert setup["jupyter"]["source_hidden"] and setup["cellView"] == "form"
+    assert "".join(cells[1]["source"]).startswith("#@title Setup")
+    # The cell that checks the hidden solutions is removed from the book (myst-nb's tag).
+    checks = [cell for cell in cells if cell["cell_type"] == "code"
+              and "br.solutions.check(" in "".join(cell["source"])]
+    assert len(checks) <= 1 and all("remove-cell" in cell["metadata"].get("tags", [])
+                                    for cell in checks)
