@@ -336,6 +336,130 @@ def learning_rate_sweep(sweep, title=None):
     return fig
 
 
+# How the paired-difference figure names a recorded quantity.
+NAMES = {"val_accuracy": "test accuracy, moving averages",
+         "val_accuracy_recalibrated": "test accuracy, recalibrated"}
+# The two within-arm differences of `lag_and_mismatch_figure`: (name, column, reference, axis label).
+WITHIN_ARM = (("lag", "val_accuracy_recalibrated", "val_accuracy",
+               "recalibrated − moving averages (points)"),
+              ("mismatch", *MISMATCH, "inference − minibatch statistics (points)"))
+
+
+def _layered(index):
+    """Line styles that keep coinciding curves visible: the first arm drawn wider, paler and
+    beneath, every later arm thinner and on top of the ones before (as `comparison_figure`)."""
+    return dict(lw=3.0 if index == 0 else 1.3, alpha=0.6 if index == 0 else 1.0,
+                zorder=2 + index)
+
+
+def lag_and_mismatch_figure(results_by_preset, arms=None):
+    """Each arm's lag and mismatch over training, per preset: seed means with 95 % bands.
+
+    Rows: the lag (recalibrated − moving-average test accuracy) and the
+    mismatch (inference − minibatch-statistics test accuracy), each taken
+    within one arm, per seed, at every evaluation; columns: the presets.
+    The first arm is drawn wider and beneath the others, so that where two
+    arms coincide (renorm is batch norm until its warm-up ends) both stay
+    visible.
+
+    Args:
+        results_by_preset: {preset name: `brlib.results.Results`}.
+        arms: The arms to draw, in drawing order (the first beneath); None for
+            `brlib.protocol.DEFAULT_ARMS`.
+    """
+    import matplotlib.pyplot as plt
+
+    from brlib.protocol import DEFAULT_ARMS
+
+    arms = DEFAULT_ARMS if arms is None else arms
+    presets = list(results_by_preset)
+    fig, axes = plt.subplots(len(WITHIN_ARM), len(presets), figsize=(6.5 * len(presets), 7.2),
+                             sharex="col", squeeze=False)
+    for row, (name, column, reference, ylabel) in enumerate(WITHIN_ARM):
+        for ax, preset in zip(axes[row], presets):
+            loaded = results_by_preset[preset]
+            for index, arm in enumerate(a for a in arms if a in loaded):
+                curves, style = loaded[arm], _layered(index)
+                mean, half = mean_band(100 * (curves[column] - curves[reference]))
+                ax.plot(curves.steps, mean, color=ARMS[arm].color, label=ARMS[arm].label, **style)
+                ax.fill_between(curves.steps, mean - half, mean + half, color=ARMS[arm].color,
+                                alpha=0.2, lw=0, zorder=style["zorder"] - 0.5)
+            ax.axhline(0, color="black", lw=0.8)
+            ax.set(ylabel=ylabel, title=f"{name}, preset '{preset}'")
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=8, title="mean, band: 95 % CI (first arm drawn wide, beneath)",
+                      title_fontsize=8)
+    for ax in axes[-1]:
+        ax.set(xlabel="training step")
+    fig.tight_layout()
+    return fig
+
+
+def paired_difference_figure(results, arm, reference, columns=("val_accuracy",
+                                                              "val_accuracy_recalibrated"),
+                             title=None):
+    """`arm` − `reference` over training, paired by seed, with the 95 % band of its mean.
+
+    One column of panels per recorded quantity. The top row draws the whole
+    run; the bottom row the last quarter, where the steady-state check reads
+    the difference, with the final difference (`brlib.results.paired_difference`:
+    per seed the mean of the last `results.last` evaluations) as a black line
+    and its paired 95 % interval shaded over those evaluations. The band at
+    each evaluation is the t-interval of the seed mean of the per-seed
+    differences, over the seeds both arms have.
+
+    Args:
+        results: `brlib.results.Results` of one preset.
+        arm: The arm whose value comes first.
+        reference: The arm subtracted from it.
+        columns: The recorded quantities, one column of panels each.
+        title: The figure's title; None names the two arms and the preset.
+    """
+    import matplotlib.pyplot as plt
+
+    from brlib.results import paired_difference, scale_of
+
+    a, b = results[arm], results[reference]
+    seeds = sorted(set(a.seeds) & set(b.seeds))
+    if not seeds:
+        raise ValueError(f"arms {arm!r} and {reference!r} share no seed")
+    if not np.array_equal(a.steps, b.steps):
+        raise ValueError(f"arms {arm!r} and {reference!r} were evaluated at different steps")
+    steps = np.asarray(a.steps)
+    last_quarter = steps >= 0.75 * steps[-1]
+    fig, axes = plt.subplots(2, len(columns), figsize=(6.5 * len(columns), 6.4), squeeze=False)
+    for (whole, end), column in zip(axes.T, columns):
+        pick = lambda curves: np.asarray(curves[column])[[curves.seeds.index(s) for s in seeds]]
+        mean, half = mean_band(scale_of(column) * (pick(a) - pick(b)))
+        final = paired_difference(results, arm, reference, column)
+        unit = "points" if scale_of(column) == 100 else "loss"
+        for ax, shown in ((whole, slice(None)), (end, last_quarter)):
+            ax.plot(steps[shown], mean[shown], color=ARMS[arm].color, marker=".",
+                    label=f"per evaluation, {len(seeds)} seeds")
+            ax.fill_between(steps[shown], (mean - half)[shown], (mean + half)[shown],
+                            color=ARMS[arm].color, alpha=0.2, lw=0)
+            ax.axhline(0, color="black", lw=0.8)
+            ax.grid(alpha=0.3)
+            ax.set(ylabel=f"difference ({unit})")
+        read = steps[-results.last:]  # the evaluations a run's final value averages
+        end.fill_between(read, final.low, final.high, color="black", alpha=0.15, lw=0)
+        end.errorbar(read[-1], final.mean, yerr=[[final.mean - final.low],
+                                                 [final.high - final.mean]],
+                     fmt="s", color="black", capsize=4,
+                     label=f"final: {final.mean:+.2f} [{final.low:+.2f}, {final.high:+.2f}]")
+        name = NAMES.get(column, column)
+        whole.set_title(f"{name}: whole run", loc="left", fontsize=9)
+        end.set_title(f"{name}: last quarter", loc="left", fontsize=9)
+        end.set(xlabel="training step")
+        whole.legend(fontsize=7, title="mean, band: 95 % CI of the mean", title_fontsize=7)
+        end.legend(fontsize=7, title="final (grey: its paired 95 % interval)",
+                   title_fontsize=7)
+    fig.suptitle(title or f"{ARMS[arm].label} − {ARMS[reference].label}, paired by seed, "
+                 f"preset '{results.preset.name}'", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
 def _as_tuple(difference):
     return difference.mean, difference.low, difference.high
 
@@ -521,3 +645,49 @@ def save_figure(fig, name, figures_dir="figures"):
             fig.savefig(path, dpi=120, bbox_inches="tight",
                         metadata={"Date": None} if path.suffix == ".svg" else None)
     return paths
+
+
+def paired_differences(results, named, column="val_accuracy_recalibrated", title=None):
+    """Several paired differences of one preset over training, each with the 95 % band of its mean.
+
+    One line per (label, arm, reference) of `named`: at every evaluation,
+    the seed mean of `arm` − `reference` over the seeds both have, and the
+    t-interval of that mean; the final value's interval (`brlib.results.
+    paired_difference`) is drawn as an error bar at the last step.
+
+    Args:
+        results: `brlib.results.Results` of one preset.
+        named: (label, arm, reference) triples, such as
+            `brlib.results.WORKERS_GAPS`; those whose arms lack results are
+            left out.
+        column: The recorded quantity compared.
+        title: The panel's title; None names the quantity and the preset.
+    """
+    import matplotlib.pyplot as plt
+
+    from brlib.results import _paired_curves, paired_difference
+
+    shown = [(label, arm, ref) for label, arm, ref in named if arm in results and ref in results]
+    if not shown:
+        raise ValueError("none of the named differences has results for both of its arms")
+    fig, ax = plt.subplots(figsize=(8, 4.8))
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for index, (label, arm, ref) in enumerate(shown):
+        deltas, steps = _paired_curves(results, arm, ref, column)
+        mean, half = mean_band(deltas)
+        color = colors[index % len(colors)]
+        ax.plot(steps, mean, color=color, marker=".", label=label)
+        ax.fill_between(steps, mean - half, mean + half, color=color, alpha=0.15, lw=0)
+        final = paired_difference(results, arm, ref, column)
+        ax.errorbar(steps[-1] + (index + 1) * 0.01 * steps[-1], final.mean,
+                    yerr=[[final.mean - final.low], [final.high - final.mean]], fmt="s",
+                    color=color, capsize=3)
+    ax.axhline(0, color="black", lw=0.8)
+    ax.set(xlabel="training step", ylabel="paired difference (points)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, title="seed mean, band: 95 % CI; squares: final value",
+              title_fontsize=8)
+    ax.set_title(title or f"{NAMES.get(column, column)}, preset '{results.preset.name}'",
+                 loc="left", fontsize=9)
+    fig.tight_layout()
+    return fig

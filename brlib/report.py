@@ -9,7 +9,9 @@ from pathlib import Path
 
 from brlib import results
 from brlib.files import write_atomic
-from brlib.protocol import ARMS, GLYPHS, GLYPHS_SWEEP, LR_SWEEPS, REPORTED, TWINS
+from brlib.protocol import (ARMS, GLYPHS, GLYPHS_SWEEP, GLYPHS_WORKERS, GROUP, LR_SWEEPS,
+                            REPORTED, TWINS, WORKERS_SWEEP, WORKERS_SWEEP_ARMS)
+from brlib.sampling import step_variety
 
 _HEADER = """# Results
 
@@ -90,6 +92,70 @@ def pairing_section(results_dir, presets):
     if ablations:
         parts += [f"Ablations on `{GLYPHS.name}` ({GLYPHS.classes} classes):",
                   results.format_gaps(ablations)]
+    return "\n\n".join(parts)
+
+
+def variety_table(rows):
+    """A Markdown table of what one step holds: per (label, classes, groups), the expected
+    distinct classes and examples per class present, paired and i.i.d. (`step_variety`)."""
+    lines = ["| step | classes | groups of 32 | distinct classes, pairs | distinct classes, i.i.d. "
+             "| pairs / i.i.d. | examples per class present, pairs | same, i.i.d. |",
+             "|---|---|---|---|---|---|---|---|"]
+    for label, classes, groups in rows:
+        v = step_variety(classes, groups)
+        lines.append(f"| {label} | {classes} | {groups} | {v['pairs']['distinct']:.1f} | "
+                     f"{v['iid']['distinct']:.1f} | "
+                     f"{v['pairs']['distinct'] / v['iid']['distinct']:.2f} | "
+                     f"{v['pairs']['per_class']:.2f} | {v['iid']['per_class']:.2f} |")
+    return "\n".join(lines)
+
+
+def workers_sweep_table(results_dir):
+    """The learning-rate sweep of `glyphs_workers`: final accuracy of the swept arm per rate."""
+    lines = ["| learning rate | arm | seeds | recalibrated (%) | moving averages (%) |",
+             "|---|---|---|---|---|"]
+    for preset in WORKERS_SWEEP:
+        if not results.has_results(results_dir, preset.name):
+            continue
+        loaded = results.load_results(results_dir, preset.name)
+        for arm in WORKERS_SWEEP_ARMS:
+            if arm not in loaded:
+                continue
+            cells = [f"{preset.learning_rate:g}", ARMS[arm].label, str(len(loaded[arm].seeds))]
+            for column in ("val_accuracy_recalibrated", "val_accuracy"):
+                mean, _, (low, high) = results.t_interval(loaded.final(arm, column))
+                cells.append(f"{mean:.2f} [{low:.2f}, {high:.2f}]")
+            lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) if len(lines) > 2 else ""
+
+
+def workers_section(results_dir, presets):
+    """Figure 3 in the paper's structure: what a step holds, the head's learning rate, and
+    pairing's cost split into a partner in the group and the sampling, as one family."""
+    if GLYPHS_WORKERS.name not in presets:
+        return None
+    loaded = results.load_results(results_dir, GLYPHS_WORKERS.name)
+    preset = loaded.preset
+    groups = preset.minibatch_size // GROUP
+    parts = ["## Figure 3 in the paper's structure",
+             f"`{preset.name}`: a step is {groups} groups of {GROUP}, each normalized on its own, "
+             "the gradient their mean; the network's head (global average, then dense) "
+             "normalizes no class score. What one step holds, in expectation, beside "
+             f"`{GLYPHS.name}` (3 groups) and the paper (50 groups, 1000 classes):",
+             variety_table([("the paper", 1000, 50),
+                            (f"`{preset.name}`", preset.classes, groups),
+                            (f"`{GLYPHS.name}`", GLYPHS.classes,
+                             GLYPHS.minibatch_size // GROUP)]),
+             "The learning rate, chosen on the i.i.d. arm's recalibrated accuracy (800-step "
+             "runs, whose moving averages had not caught up):", workers_sweep_table(results_dir),
+             f"![Figure 3 of `{preset.name}`](../figures/{preset.figure}.png)"]
+    for column, name in (("val_accuracy", "moving averages"),
+                         ("val_accuracy_recalibrated", "recalibrated")):
+        found = results.gaps(loaded, results.WORKERS_GAPS, column, family=True)
+        if found:
+            parts += [f"Paired differences, {name}, read as one family of {len(found)} "
+                      f"(Bonferroni: each interval at {100 * results.bonferroni_level(len(found)):.2f} %):",
+                      results.format_gaps(found, f"family {len(found)}, Bonferroni", trends=True)]
     return "\n\n".join(parts)
 
 
@@ -183,6 +249,7 @@ def generate(results_dir):
     sections = [preset_section(results_dir, p) for p in presets if p not in swept]
     sections.append(learning_rate_section(results_dir, presets))
     sections.append(pairing_section(results_dir, presets))
+    sections.append(workers_section(results_dir, presets))
     sections.append(reported_section())
     return "\n\n".join([_HEADER.strip()] + [s for s in sections if s]) + "\n"
 
@@ -236,7 +303,8 @@ def _sweep_findings(results_dir, base):
 
 def _pairing_findings(results_dir):
     lines = []
-    for preset, dataset in (("noniid", "Fashion-MNIST"), (GLYPHS.name, "rendered glyphs")):
+    for preset, dataset in (("noniid", "Fashion-MNIST"), (GLYPHS.name, "rendered glyphs"),
+                            (GLYPHS_WORKERS.name, "rendered glyphs, 16 groups per step")):
         if not results.has_results(results_dir, preset):
             continue
         loaded = results.load_results(results_dir, preset)

@@ -667,6 +667,22 @@ UNCLIPPED_GAPS = (("batch renorm, rmax = dmax = ∞ − batch renorm", "batchren
                    "batchrenorm_unclipped", "batchnorm_iid"))
 
 
+# Figure 3 in the paper's structure (`glyphs_workers`): pairing's cost split into a partner in
+# the group (pairs − re-mixed: the same examples, no pair inside a group) and the paired
+# sampling itself (re-mixed − i.i.d.), and whether renorm repairs either. Read as one family.
+WORKERS_GAPS = (
+    ("batch norm: pairs − i.i.d.", "batchnorm", "batchnorm_iid"),
+    ("batch norm: pairs − re-mixed (a partner in the group)", "batchnorm", "batchnorm_remixed"),
+    ("batch norm: re-mixed − i.i.d. (the paired sampling)", "batchnorm_remixed", "batchnorm_iid"),
+    ("batch renorm: pairs − i.i.d.", "batchrenorm", "batchrenorm_iid"),
+    ("batch renorm: pairs − re-mixed (a partner in the group)", "batchrenorm",
+     "batchrenorm_remixed"),
+    ("batch renorm − batch norm, on pairs", "batchrenorm", "batchnorm"),
+    ("batch renorm − batch norm, i.i.d.", "batchrenorm_iid", "batchnorm_iid"),
+    ("batch renorm, warm-up × 2 − batch renorm, on pairs", "batchrenorm_longwarmup",
+     "batchrenorm"))
+
+
 @dataclasses.dataclass(frozen=True)
 class Gap:
     """One named paired difference of a preset, with its steady-state check."""
@@ -676,33 +692,54 @@ class Gap:
     classes: int
     difference: Difference
     steadiness: Steadiness
+    trend: Trend | None = None
 
 
-def gaps(results, named=PAIRING_GAPS, column="val_accuracy"):
+def gaps(results, named=PAIRING_GAPS, column="val_accuracy", family=False):
     """The named differences whose two arms have results, as a list of Gap.
 
     Each is paired over the seeds both arms have, from the mean of the preset's
-    last `final_evaluations` evaluations, with its steady-state check.
+    last `final_evaluations` evaluations, with both steady-state checks
+    (`steady_state`, and `trend` where the last quarter holds two evaluations).
 
     Args:
         results: `Results` of one preset.
         named: (name, arm, reference) triples, such as `PAIRING_GAPS`.
         column: The recorded quantity compared.
+        family: Whether the differences are read together: each interval then
+            has the Bonferroni level of the family (`bonferroni_level`), the
+            family being the differences found; otherwise each is at 95 %.
     """
     preset = results.preset
+    found = [(name, arm, reference) for name, arm, reference in named
+             if arm in results and reference in results]
+    level = bonferroni_level(len(found)) if family and found else 0.95
+    steps = np.asarray(next(iter(results.values())).steps) if found else np.array([])
+    has_trend = np.sum(steps >= 0.75 * steps[-1]) >= 2 if len(steps) else False
     return [Gap(name, preset.name, preset.classes,
-                paired_difference(results, arm, reference, column),
-                steady_state(results, arm, reference, column))
-            for name, arm, reference in named if arm in results and reference in results]
+                paired_difference(results, arm, reference, column, level),
+                steady_state(results, arm, reference, column),
+                trend(results, arm, reference, column) if has_trend else None)
+            for name, arm, reference in found]
 
 
-def format_gaps(found):
-    """A Markdown table of Gaps: preset, classes, seeds, the difference and its steadiness."""
-    lines = ["| difference | preset | classes | seeds | points, 95 % interval | "
-             "steady: last-quarter drift ≤ half-width |", "|---|---|---|---|---|---|"]
+def format_gaps(found, level="95 %", trends=False):
+    """A Markdown table of Gaps: preset, classes, seeds, the difference and its steadiness.
+
+    Args:
+        found: Gaps, as `gaps` returns them.
+        level: How the header names the intervals' level ("95 %", or
+            "Bonferroni, family of 6").
+        trends: Whether to add the slope test's column (`trend`).
+    """
+    trend_header = " steady: projected change over one more quarter ≤ half-width |"
+    lines = [f"| difference | preset | classes | seeds | points, {level} interval | "
+             "steady: last-quarter drift ≤ half-width |" + (trend_header if trends else ""),
+             "|---|---|---|---|---|---|" + ("---|" if trends else "")]
     for gap in found:
+        trend_cell = f" {gap.trend if gap.trend is not None else '—'} |" if trends else ""
         lines.append(f"| {gap.name} | `{gap.preset}` | {gap.classes} | {gap.difference.seeds} | "
-                     f"{format_difference(gap.difference)} | {gap.steadiness} |")
+                     f"{format_difference(gap.difference)} | {gap.steadiness} |" + trend_cell)
     return "\n".join(lines)
 
 

@@ -246,3 +246,78 @@ def test_learning_rate_figure_draws_each_arms_points_and_the_paired_differences(
     mismatch = next(line for label, line in lines.items() if "mismatch" in label)
     np.testing.assert_allclose(mismatch.get_ydata(), [5.0, 5.0, 5.0])
     assert accuracy.get_xscale() == "log"
+
+
+def test_lag_and_mismatch_figure_draws_batch_norm_beneath_renorm_where_they_coincide(tmp_path):
+    accuracies = np.array([[0.3, 0.8, 0.82], [0.4, 0.9, 0.88], [0.35, 0.85, 0.86]])
+    recalibrated = accuracies + np.array([[0.05, 0.01, 0.0], [0.07, 0.02, 0.01], [0.03, 0.0, 0.0]])
+    minibatch = accuracies - np.array([[0.02], [0.05], [0.03]])
+    for arm in ("batchnorm", "batchrenorm"):  # the same curves: renorm in its warm-up
+        write_runs(tmp_path, arm, accuracies, recalibrated=recalibrated,
+                   pairs=(accuracies, minibatch), last=1)
+    fig = plots.lag_and_mismatch_figure({"quick": results.load_results(tmp_path, "quick")})
+    lag, mismatch = fig.axes
+    half = lambda values: stats.t.ppf(0.975, 2) * stats.sem(values, axis=0)
+    for ax, values in ((lag, 100 * (recalibrated - accuracies)),
+                       (mismatch, 100 * (accuracies - minibatch))):
+        below, above = ax.get_lines()[:2]
+        for line in (below, above):
+            np.testing.assert_allclose(line.get_ydata(), values.mean(0))
+        assert below.get_label() == "Batchnorm" and above.get_label() == "Batch Renorm"
+        # Batch norm shows around renorm: wider, and drawn beneath it.
+        assert below.get_linewidth() > above.get_linewidth()
+        assert below.get_zorder() < above.get_zorder()
+        band = ax.collections[0].get_paths()[0].vertices[:, 1]
+        assert np.isclose(band.max(), (values.mean(0) + half(values)).max())
+        assert np.isclose(band.min(), (values.mean(0) - half(values)).min())
+    assert lag.get_title() == "lag, preset 'quick'"
+
+
+def test_paired_difference_figure_draws_the_difference_over_training_and_its_final_interval(
+        tmp_path):
+    arm = np.array([[0.3, 0.8, 0.82, 0.84], [0.4, 0.9, 0.88, 0.87], [0.35, 0.85, 0.86, 0.9]])
+    reference = np.array([[0.2, 0.7, 0.83, 0.83], [0.45, 0.8, 0.86, 0.88]])  # seeds 0 and 1
+    write_runs(tmp_path, "batchrenorm_noramp", arm, recalibrated=arm - 0.01, last=2)
+    write_runs(tmp_path, "batchrenorm", reference, recalibrated=reference + 0.02, last=2)
+    fig = plots.paired_difference_figure(results.load_results(tmp_path, "quick"),
+                                         "batchrenorm_noramp", "batchrenorm")
+    (whole, whole_recalibrated), (end, end_recalibrated) = np.reshape(fig.axes, (2, 2))
+    # Only the seeds both arms have, paired: seeds 0 and 1.
+    for ax_whole, ax_end, deltas in ((whole, end, 100 * (arm[:2] - reference)),
+                                     (whole_recalibrated, end_recalibrated,
+                                      100 * ((arm[:2] - 0.01) - (reference + 0.02)))):
+        line = ax_whole.get_lines()[0]
+        np.testing.assert_allclose(line.get_xdata(), [10, 20, 30, 40])
+        np.testing.assert_allclose(line.get_ydata(), deltas.mean(0))
+        half = stats.t.ppf(0.975, 1) * stats.sem(deltas, axis=0)
+        band = ax_whole.collections[0].get_paths()[0].vertices[:, 1]
+        assert np.isclose(band.max(), (deltas.mean(0) + half).max())
+        # The last quarter: steps 30 and 40, and the final difference (mean of the last two
+        # evaluations per seed) with its paired t-interval.
+        np.testing.assert_allclose(ax_end.get_lines()[0].get_xdata(), [30, 40])
+        final = deltas[:, -2:].mean(1)
+        low, high = stats.t.interval(0.95, 1, loc=final.mean(), scale=stats.sem(final))
+        labels = [text.get_text() for text in ax_end.get_legend().get_texts()]
+        assert f"final: {final.mean():+.2f} [{low:+.2f}, {high:+.2f}]" in labels
+    assert "recalibrated" in whole_recalibrated.get_title(loc="left")
+    assert fig._suptitle.get_text().startswith("Batch Renorm, no ramp − Batch Renorm")
+
+
+def test_paired_differences_draws_each_named_difference_with_its_band(tmp_path):
+    reference = [[0.5, 0.6, 0.7], [0.52, 0.61, 0.72], [0.5, 0.63, 0.69]]
+    other = [[0.5, 0.62, 0.74], [0.5, 0.66, 0.75], [0.52, 0.61, 0.73]]
+    write_runs(tmp_path, "batchnorm", reference)
+    write_runs(tmp_path, "batchnorm_iid", other)
+    loaded = results.load_results(tmp_path, "quick")
+    named = [("i.i.d. − pairs", "batchnorm_iid", "batchnorm"), ("absent", "groupnorm", "batchnorm")]
+    fig = plots.paired_differences(loaded, named, "val_accuracy")
+    ax = fig.axes[0]
+    line = next(l for l in ax.lines if l.get_label() == "i.i.d. − pairs")
+    deltas = 100 * (np.array(other) - np.array(reference))  # independent: NumPy and SciPy
+    np.testing.assert_allclose(line.get_ydata(), deltas.mean(axis=0))
+    band = ax.collections[0].get_paths()[0].vertices[:, 1]
+    half = stats.t.ppf(0.975, 2) * deltas.std(axis=0, ddof=1) / np.sqrt(3)
+    assert band.max() == pytest.approx((deltas.mean(axis=0) + half).max())
+    assert len(ax.get_legend().get_texts()) == 1  # the pair without results is left out
+    with pytest.raises(ValueError, match="none of the named differences"):
+        plots.paired_differences(loaded, named[1:])

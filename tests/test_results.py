@@ -473,3 +473,19 @@ def test_a_family_of_differences_gets_bonferroni_intervals(tmp_path):
     assert results.bonferroni_level(1) == pytest.approx(0.95)
     with pytest.raises(ValueError, match="`family_size`"):
         results.bonferroni_level(0)
+
+
+def test_gaps_read_as_a_family_share_the_bonferroni_level_of_those_found(tmp_path):
+    write_runs(tmp_path, "batchnorm", [[0.5, 0.6, 0.6], [0.5, 0.62, 0.6], [0.55, 0.61, 0.63]])
+    write_runs(tmp_path, "batchnorm_iid", [[0.5, 0.66, 0.7], [0.5, 0.64, 0.69], [0.5, 0.65, 0.7]])
+    write_runs(tmp_path, "batchnorm_remixed", [[0.5, 0.64, 0.66], [0.5, 0.63, 0.65],
+                                               [0.5, 0.66, 0.67]])
+    loaded = results.load_results(tmp_path, "quick")
+    found = results.gaps(loaded, results.WORKERS_GAPS, family=True)
+    assert [gap.name for gap in found] == [name for name, *_ in results.WORKERS_GAPS[:3]]
+    for gap, (_, arm, reference) in zip(found, results.WORKERS_GAPS):
+        d = np.array(loaded.final(arm)) - np.array(loaded.final(reference))
+        low, high = stats.t.interval(1 - 0.05 / 3, 2, loc=d.mean(), scale=stats.sem(d))
+        assert (gap.difference.low, gap.difference.high) == pytest.approx((low, high))
+    single = results.gaps(loaded, results.WORKERS_GAPS)[0].difference
+    assert single.high - single.low < found[0].difference.high - found[0].difference.low
