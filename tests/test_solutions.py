@@ -130,8 +130,10 @@ NOTEBOOKS = sorted((Path(__file__).resolve().parents[1] / "notebooks").glob("[0-
 def test_the_readers_view_hides_the_machinery_by_cell_metadata(path):
     cells = json.loads(path.read_text())["cells"]
     setup = cells[1]["metadata"]
-    # The setup cell is collapsed in JupyterLab (source_hidden) and Colab (a form).
-    assert setup["jupyter"]["source_hidden"] and setup["cellView"] == "form"
+    # The setup cell is collapsed in Colab (a form) and in the book (myst-nb's hide-input);
+    # source_hidden stays for the hidden solutions' code, whose outputs must not show.
+    assert setup["cellView"] == "form" and "hide-input" in setup["tags"]
+    assert not setup.get("jupyter", {}).get("source_hidden")
     assert "".join(cells[1]["source"]).startswith("#@title Setup")
     # The cell that checks the hidden solutions is removed from the book (myst-nb's tag).
     checks = [cell for cell in cells if cell["cell_type"] == "code"
