@@ -417,25 +417,19 @@ def paired_difference_figure(results, arm, reference, columns=("val_accuracy",
     """
     import matplotlib.pyplot as plt
 
-    from brlib.results import paired_difference, scale_of
+    from brlib.results import paired_curves, paired_difference, scale_of
 
-    a, b = results[arm], results[reference]
-    seeds = sorted(set(a.seeds) & set(b.seeds))
-    if not seeds:
-        raise ValueError(f"arms {arm!r} and {reference!r} share no seed")
-    if not np.array_equal(a.steps, b.steps):
-        raise ValueError(f"arms {arm!r} and {reference!r} were evaluated at different steps")
-    steps = np.asarray(a.steps)
-    last_quarter = steps >= 0.75 * steps[-1]
+    # (seeds both arms have, evaluations) per column; raises before drawing when they cannot pair.
+    paired = [paired_curves(results, arm, reference, column) for column in columns]
     fig, axes = plt.subplots(2, len(columns), figsize=(6.5 * len(columns), 6.4), squeeze=False)
-    for (whole, end), column in zip(axes.T, columns):
-        pick = lambda curves: np.asarray(curves[column])[[curves.seeds.index(s) for s in seeds]]
-        mean, half = mean_band(scale_of(column) * (pick(a) - pick(b)))
+    for (whole, end), column, (deltas, steps) in zip(axes.T, columns, paired):
+        last_quarter = steps >= 0.75 * steps[-1]
+        mean, half = mean_band(deltas)
         final = paired_difference(results, arm, reference, column)
         unit = "points" if scale_of(column) == 100 else "loss"
         for ax, shown in ((whole, slice(None)), (end, last_quarter)):
             ax.plot(steps[shown], mean[shown], color=ARMS[arm].color, marker=".",
-                    label=f"per evaluation, {len(seeds)} seeds")
+                    label=f"per evaluation, {len(deltas)} seeds")
             ax.fill_between(steps[shown], (mean - half)[shown], (mean + half)[shown],
                             color=ARMS[arm].color, alpha=0.2, lw=0)
             ax.axhline(0, color="black", lw=0.8)
@@ -665,7 +659,7 @@ def paired_differences(results, named, column="val_accuracy_recalibrated", title
     """
     import matplotlib.pyplot as plt
 
-    from brlib.results import _paired_curves, paired_difference
+    from brlib.results import paired_curves, paired_difference
 
     shown = [(label, arm, ref) for label, arm, ref in named if arm in results and ref in results]
     if not shown:
@@ -673,7 +667,7 @@ def paired_differences(results, named, column="val_accuracy_recalibrated", title
     fig, ax = plt.subplots(figsize=(8, 4.8))
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for index, (label, arm, ref) in enumerate(shown):
-        deltas, steps = _paired_curves(results, arm, ref, column)
+        deltas, steps = paired_curves(results, arm, ref, column)
         mean, half = mean_band(deltas)
         color = colors[index % len(colors)]
         ax.plot(steps, mean, color=color, marker=".", label=label)

@@ -397,7 +397,7 @@ def format_difference(diff):
     return f"{diff.mean:+.2f} [{diff.low:+.2f}, {diff.high:+.2f}]{mark}"
 
 
-def _paired_curves(results, arm, reference, column):
+def paired_curves(results, arm, reference, column):
     """(seeds, evaluations) paired differences in `paired_difference`'s units, and the steps."""
     a, b = results[arm], results[reference]
     common = _shared_seeds(results, arm, reference)
@@ -425,7 +425,7 @@ def steady_state(results, arm, reference, column="val_accuracy"):
         reference: The arm subtracted from it.
         column: The recorded quantity compared.
     """
-    deltas, steps = _paired_curves(results, arm, reference, column)
+    deltas, steps = paired_curves(results, arm, reference, column)
     reported = final_values(deltas, results.last)
     in_last_quarter = steps >= 0.75 * steps[-1]
     drift = float(np.max(np.abs(deltas.mean(axis=0)[in_last_quarter] - reported.mean())))
@@ -478,7 +478,7 @@ def trend(results, arm, reference, column="val_accuracy"):
         reference: The arm subtracted from it.
         column: The recorded quantity compared.
     """
-    deltas, steps = _paired_curves(results, arm, reference, column)
+    deltas, steps = paired_curves(results, arm, reference, column)
     in_last_quarter = steps >= 0.75 * steps[-1]
     if in_last_quarter.sum() < 2:
         raise ValueError("the last quarter of the runs holds fewer than two evaluations: "
