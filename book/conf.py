@@ -31,6 +31,7 @@ BRANCH = _SETTINGS["branch"]
 
 project = "brlib"
 author = "the brlib authors"
+copyright = "2026, the brlib authors (MIT License)"
 html_title = "brlib: Batch Renormalization, taught"
 root_doc = "index"
 extensions = ["myst_nb"]
@@ -58,6 +59,9 @@ mathjax_path = "mathjax/tex-chtml.js"
 
 html_theme = "furo"
 html_static_path = ["_static"]
+html_favicon = "_static/favicon.svg"
+html_css_files = ["brlib.css"]
+html_js_files = ["brlib.js"]
 html_copy_source = False
 html_show_sourcelink = False
 html_last_updated_fmt = None
@@ -123,6 +127,49 @@ class RepositoryLinks(SphinxPostTransform):
         node.replace_self(link)
 
 
+def notebook_links(docname):
+    """HTML of a notebook page's links: open it in Colab, download it, read its source."""
+    name = posixpath.basename(docname) + ".ipynb"
+    path = f"{docname}.ipynb"
+    colab = REPOSITORY_URL.replace("https://github.com/", "https://colab.research.google.com/github/")
+    links = [(f"{colab}/blob/{BRANCH}/{path}", "Open in Colab", ""),
+             (name, "Download .ipynb", f' download="{name}"'),
+             (f"{REPOSITORY_URL}/blob/{BRANCH}/{path}", "View source", "")]
+    anchors = "".join(f'<a class="reference{" external" if href.startswith("http") else ""}" '
+                      f'href="{href}"{extra}>{text}</a>' for href, text, extra in links)
+    return f'<p class="notebook-links">{anchors}</p>'
+
+
+class NotebookLinks(SphinxPostTransform):
+    """Puts the notebook's links (Colab, download, source) under each notebook page's title."""
+
+    default_priority = 900
+
+    def run(self, **kwargs):
+        docname = self.env.docname
+        if not docname.startswith("notebooks/"):
+            return
+        section = next(iter(self.document.findall(nodes.section)), None)
+        if section is None:
+            return
+        title = next(iter(section.findall(nodes.title)), None)
+        position = section.index(title) + 1 if title is not None else 0
+        section.insert(position, nodes.raw("", notebook_links(docname), format="html"))
+
+
+def copy_notebooks(app, exception):
+    """Puts each notebook, as committed, beside its page, for the page's download link."""
+    if exception is not None or app.builder.format != "html":
+        return
+    source, target = Path(app.srcdir) / "notebooks", Path(app.outdir) / "notebooks"
+    target.mkdir(parents=True, exist_ok=True)
+    for notebook in sorted((REPOSITORY_ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb")):
+        if (source / notebook.name).exists():
+            (target / notebook.name).write_bytes(notebook.read_bytes())
+
+
 def setup(app):
     app.add_post_transform(RepositoryLinks)
+    app.add_post_transform(NotebookLinks)
+    app.connect("build-finished", copy_notebooks)
     return {"parallel_read_safe": True, "parallel_write_safe": True}

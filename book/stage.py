@@ -6,11 +6,13 @@ docs/, notebooks/, figures/), so that every relative link and image path written
 GitHub works unchanged in the book; links to other files of the repository are
 turned into links to GitHub by conf.py. Nothing in the repository is changed.
 
-In the notebooks' copies one thing changes: a code cell hidden in Jupyter
+In the notebooks' copies three things change: a code cell hidden in Jupyter
 (metadata jupyter.source_hidden, as the exercise solutions' code is) gets
 myst-nb's `hide-input` tag, so that the book shows it inside a closed
-<details> too (and jupyter.outputs_hidden gets `hide-output`). Outputs, widget
-state and Markdown stay as committed.
+<details> too (and jupyter.outputs_hidden gets `hide-output`); a figure's
+alt text is the first sentence of the Markdown cell above it, which
+introduces it; and the Colab badge's image comes from the site, not from
+Colab. Outputs, widget state and the rest of the Markdown stay as committed.
 
 _static/ gets book/_static/ and the vendored JavaScript (book/vendor.sh):
 MathJax's tex-chtml component with the files it loads on demand, and
@@ -69,16 +71,51 @@ def copy_vendor(static):
     shutil.copy2(VENDOR / "html-manager" / "package.json", static / "widgets" / "package.json")
 
 
+COLAB_BADGE = "https://colab.research.google.com/assets/colab-badge.svg"
+LOCAL_BADGE = "../_static/colab-badge.svg"  # the same badge, served by the site
+
+
+def first_sentence(markdown, limit=200):
+    """The first sentence of a Markdown cell's first paragraph that is not a heading, as
+    plain text, for the alt text of the figure that the cell introduces."""
+    for paragraph in re.split(r"\n\s*\n", markdown):
+        if paragraph.lstrip().startswith(("#", "<", "|", "```")):
+            continue  # a heading, HTML (a solution), a table or code
+        text = re.sub(r"!?\[([^\]]*)\]\([^)]*\)", r"\1", paragraph)  # links: their text
+        text = re.sub(r"[*_`$\\]", "", text)
+        text = " ".join(text.split())
+        if text:
+            sentence = re.split(r"(?<=[.?!])\s", text, maxsplit=1)[0]
+            return sentence if len(sentence) <= limit else sentence[:limit - 1].rstrip() + "…"
+    return ""
+
+
+def has_image(cell):
+    return any(key.startswith("image/") for output in cell.get("outputs", [])
+               for key in output.get("data", {}))
+
+
 def stage_notebook(source, target):
     notebook = json.loads(source.read_text(encoding="utf-8"))
+    introduction = ""  # the Markdown cell above, whose first sentence introduces a figure
     for cell in notebook.get("cells", []):
+        if cell.get("cell_type") == "markdown":
+            text = "".join(cell.get("source", []))
+            if COLAB_BADGE in text:
+                cell["source"] = text.replace(COLAB_BADGE, LOCAL_BADGE)
+            introduction = first_sentence(text) or introduction
+            continue
         if cell.get("cell_type") != "code":
             continue
-        hidden = cell.get("metadata", {}).get("jupyter", {})
-        tags = cell.setdefault("metadata", {}).setdefault("tags", [])
+        metadata = cell.setdefault("metadata", {})
+        hidden = metadata.get("jupyter", {})
+        tags = metadata.setdefault("tags", [])
         for flag, tag in (("source_hidden", "hide-input"), ("outputs_hidden", "hide-output")):
             if hidden.get(flag) and tag not in tags:
                 tags.append(tag)
+        if has_image(cell) and introduction:
+            image = metadata.setdefault("mystnb", {}).setdefault("image", {})
+            image.setdefault("alt", f"Figure: {introduction}")
     target.write_text(json.dumps(notebook, ensure_ascii=False, indent=1), encoding="utf-8")
 
 

@@ -451,6 +451,12 @@ WORKERS_SWEEP_ARMS = ("batchnorm_iid", "batchrenorm_iid")
 WORKERS_SWEEP = tuple(dataclasses.replace(
     GLYPHS_WORKERS, name=f"glyphs_workers_lr{rate:g}", learning_rate=rate, steps=8 * TAU,
     seeds=2, final_evaluations=2) for rate in (3e-3, 1e-2, 3e-2))
+# The second row: the same steps with the `glyphs` network, whose head normalizes the class
+# scores over each group (norm4), at that preset's learning rate (not swept at 16 groups).
+# Beside `glyphs` it changes the groups per step; beside `glyphs_workers`, the head and rate.
+GLYPHS_WORKERS_NORM4 = dataclasses.replace(GLYPHS_WORKERS, name="glyphs_workers_norm4",
+                                           head="norm4", learning_rate=GLYPHS.learning_rate,
+                                           seeds=3)
 # Figure 2's learning-rate sweep: the quick and cpu presets with Adam at each rate of
 # SWEEP_LEARNING_RATES, everything else unchanged, 3 seeds each (more where a rate is
 # confirmed). The preset's own rate is the preset itself; the others are named
@@ -483,6 +489,7 @@ LR_SWEEPS += WORKERS_SWEEP
 PRESETS = {preset.name: preset for preset in (SEED, PAPER, SEED_FMNIST, QUICK, CPU,
                                               NONIID_QUICK, NONIID, GLYPHS_QUICK, GLYPHS,
                                               *GLYPHS_SWEEP, GLYPHS_LONG, GLYPHS_WORKERS,
+                                              GLYPHS_WORKERS_NORM4,
                                               *LR_SWEEPS)}
 
 

@@ -5,6 +5,8 @@ starts with "Solution". GitHub, Colab and JupyterLab all render such a block
 collapsed, so its explanation, its code and what the code prints stay hidden
 until the reader opens it. The code is the block's fenced ```python parts, in
 order; what it prints is the fenced ```text parts after them, in order, if any.
+An HTML comment in the block, `<!-- same output in quick mode -->`, which no
+renderer shows, marks a solution whose output is compared in quick mode too.
 
 A notebook's last cell calls `check`, which runs every solution's code in the
 notebook's own namespace and compares what it prints with the recorded text,
@@ -22,9 +24,10 @@ from pathlib import Path
 _DETAILS = re.compile(r"<details>\s*<summary>\s*(Solution[^<]*?)\s*</summary>(.*?)</details>",
                       re.S)
 _FENCE = re.compile(r"^```(python|text)[ \t]*\n(.*?)^```[ \t]*$", re.S | re.M)
-# A solution whose code starts with this line prints the same in quick and full mode, so its
-# output is compared in both; the others only in full mode.
-SAME_IN_QUICK_MODE = "# NBVAL_CHECK_OUTPUT"
+# A solution whose block holds this comment prints the same in quick and full mode, so its
+# output is compared in both; the others only in full mode. A comment, not a line of code,
+# so that the reader's copy of the code holds no test machinery.
+SAME_IN_QUICK_MODE = "<!-- same output in quick mode -->"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -34,6 +37,7 @@ class Solution:
     name: str
     code: str
     output: str | None
+    same_in_quick_mode: bool = False
 
 
 def extract(notebook):
@@ -47,7 +51,8 @@ def extract(notebook):
             blocks = _FENCE.findall(body)
             code = "".join(text for kind, text in blocks if kind == "python")
             outputs = [text for kind, text in blocks if kind == "text"]  # one after each part
-            solutions.append(Solution(name, code, "".join(outputs) if outputs else None))
+            solutions.append(Solution(name, code, "".join(outputs) if outputs else None,
+                                      SAME_IN_QUICK_MODE in body))
     return solutions
 
 
@@ -84,8 +89,8 @@ def check(notebook, namespace, quick=False):
             opens a notebook without its file), nothing is checked.
         namespace: The notebook's globals, so that solutions see its state.
         quick: Quick mode: compare only the outputs of solutions marked as
-            the same in both modes (their code starts with
-            `SAME_IN_QUICK_MODE`); the others must still run.
+            the same in both modes (their block holds `SAME_IN_QUICK_MODE`);
+            the others must still run.
 
     Returns:
         The names of the solutions that ran.
@@ -104,7 +109,7 @@ def check(notebook, namespace, quick=False):
             continue
         printed = run(solution, namespace)
         if solution.output is not None and (
-                not quick or solution.code.startswith(SAME_IN_QUICK_MODE)):
+                not quick or solution.same_in_quick_mode):
             if _normalize(printed) != _normalize(solution.output):
                 raise AssertionError(f"{solution.name} of {path.name} printed\n{printed}\nbut "
                                      f"its hidden block records\n{solution.output}")

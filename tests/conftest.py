@@ -5,10 +5,15 @@ count than its preset's (results depend on it), so the tests that call it in
 process need the same count the presets use.
 """
 
-import keras
+import importlib.util
 
-if keras.backend.backend() == "tensorflow":
-    from brlib.experiment import fix_threads
-    from brlib.protocol import DEFAULT_THREADS
+# The book's tests (tests/test_book.py) run in an environment with only the book's
+# packages (book/requirements.txt): there is no Keras to configure.
+if importlib.util.find_spec("keras") is not None:
+    import keras
 
-    fix_threads(DEFAULT_THREADS)
+    if keras.backend.backend() == "tensorflow":
+        from brlib.experiment import fix_threads
+        from brlib.protocol import DEFAULT_THREADS
+
+        fix_threads(DEFAULT_THREADS)

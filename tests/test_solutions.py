@@ -13,11 +13,11 @@ EXERCISE = """## Exercises
 1. Add.
 
 <details><summary>Solution 1</summary>
+<!-- same output in quick mode -->
 
 Add them.
 
 ```python
-# NBVAL_CHECK_OUTPUT
 total = a + b
 print("total", total)
 ```
@@ -68,7 +68,8 @@ def test_solutions_are_read_from_details_blocks_in_markdown(tmp_path):
     found = solutions.extract(path)
     # Reference: the blocks as written above.
     assert [s.name for s in found] == ["Solution 1", "Solution 2", "Solution 3"]
-    assert found[0].code == '# NBVAL_CHECK_OUTPUT\ntotal = a + b\nprint("total", total)\n'
+    assert found[0].code == 'total = a + b\nprint("total", total)\n'
+    assert found[0].same_in_quick_mode and not found[1].same_in_quick_mode
     assert found[0].output == "total 5\n" and found[1].output == "10\n"
     assert found[2].code == "" and found[2].output is None
     # GitHub, Colab and Jupyter collapse <details>: the cell JSON holds no code cell for them.
@@ -140,3 +141,9 @@ def test_the_readers_view_hides_the_machinery_by_cell_metadata(path):
               and "br.solutions.check(" in "".join(cell["source"])]
     assert len(checks) <= 1 and all("remove-cell" in cell["metadata"].get("tags", [])
                                     for cell in checks)
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda path: path.name)
+def test_solution_code_holds_no_test_machinery(path):
+    """What a reader copies from a solution is the solution: no markers for the tests."""
+    assert [s.name for s in solutions.extract(path) if "NBVAL" in s.code] == []
