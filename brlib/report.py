@@ -54,10 +54,20 @@ def _ablation_table(loaded):
     return "\n".join(lines) if len(lines) > 2 else ""
 
 
-def preset_section(results_dir, preset):
-    """The Markdown section of one preset's results."""
+def _figure(figures_dir, name, caption):
+    """A Markdown image of figures/<name>.png, when `figures_dir` holds it; else None."""
+    if figures_dir is None or not (Path(figures_dir) / f"{name}.png").is_file():
+        return None
+    return f"![{caption}](../figures/{name}.png)"
+
+
+def preset_section(results_dir, preset, figures_dir=None):
+    """The Markdown section of one preset's results, with its figure where it is drawn."""
     loaded = results.load_results(results_dir, preset)
-    parts = [f"## `{preset}`", _settings_line(loaded.preset)]
+    figure = (None if preset == GLYPHS_WORKERS.name  # shown in its own section, below
+              else _figure(figures_dir, loaded.preset.figure,
+                           f"{loaded.preset.figure[:7].replace('figure', 'Figure ')} of `{preset}`"))
+    parts = [f"## `{preset}`", _settings_line(loaded.preset)] + ([figure] if figure else [])
     if loaded.preset.sampling == "pairs":
         parts += ["Beside the paper's Figure 3:", results.format_noniid_table(loaded),
                   "Paired differences to batch norm over the paired groups:",
@@ -74,7 +84,7 @@ def preset_section(results_dir, preset):
     return "\n\n".join(parts)
 
 
-def pairing_section(results_dir, presets):
+def pairing_section(results_dir, presets, figures_dir=None):
     """What pairing costs against the number of classes, and the many-class ablations."""
     sweep = [p for p in presets if p in {GLYPHS.name, *(s.name for s in GLYPHS_SWEEP)}]
     if not sweep:
@@ -87,6 +97,10 @@ def pairing_section(results_dir, presets):
              "Paired − i.i.d. differences in test accuracy (moving averages) of the glyph "
              "presets, which differ only in the number of classes, and of Fashion-MNIST's "
              "`noniid` preset (another network and schedule):", results.format_gaps(found)]
+    figure = _figure(figures_dir, "05_pairing_against_classes",
+                     "What pairing costs against the number of classes (notebook 05)")
+    if figure:
+        parts.append(figure)
     ablations = (results.gaps(loaded[GLYPHS.name], results.RAW_LOGIT_GAPS + results.UNCLIPPED_GAPS)
                  if GLYPHS.name in loaded else [])
     if ablations:
@@ -238,17 +252,18 @@ def reported_section():
                          "figures and tables set this project's results:", "\n".join(lines)])
 
 
-def generate(results_dir):
+def generate(results_dir, figures_dir=None):
     """The whole page: one section per preset with results, in name order, then the
     pairing cost against the number of classes, then the reported numbers. A preset
-    whose first run has not finished (settings, no CSV yet) has no section."""
+    whose first run has not finished (settings, no CSV yet) has no section. With
+    `figures_dir` (the repository's figures/), each section shows the figures drawn there."""
     presets = sorted(path.parent.name
                      for path in Path(results_dir).glob(f"*/{results.SETTINGS_FILE}")
                      if results.has_results(results_dir, path.parent.name))
     swept = {p.name for p in LR_SWEEPS}  # shown together, in the learning-rate section
-    sections = [preset_section(results_dir, p) for p in presets if p not in swept]
+    sections = [preset_section(results_dir, p, figures_dir) for p in presets if p not in swept]
     sections.append(learning_rate_section(results_dir, presets))
-    sections.append(pairing_section(results_dir, presets))
+    sections.append(pairing_section(results_dir, presets, figures_dir))
     sections.append(workers_section(results_dir, presets))
     sections.append(reported_section())
     return "\n\n".join([_HEADER.strip()] + [s for s in sections if s]) + "\n"
@@ -259,7 +274,7 @@ def write(results_dir, path, figures_dir=None):
     that no other command draws (the learning-rate sweeps); returns the page's path."""
     if figures_dir is not None:
         draw_sweep_figures(results_dir, figures_dir)
-    write_atomic(path, generate(results_dir).encode())
+    write_atomic(path, generate(results_dir, figures_dir).encode())
     return Path(path)
 
 

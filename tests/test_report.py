@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def test_the_committed_results_page_is_what_the_results_generate():
     committed = (ROOT / "docs" / "results.md").read_text()
-    assert committed == report.generate(ROOT / "data" / "results"), (
+    assert committed == report.generate(ROOT / "data" / "results", ROOT / "figures"), (
         "docs/results.md is stale: run `python -m brlib report`")
 
 
@@ -51,8 +51,8 @@ def test_report_command_writes_the_page(tmp_path, capsys):
     write_settings(tmp_path / "results")
     out = tmp_path / "docs" / "results.md"
     assert cli.main(["report", "--results-dir", str(tmp_path / "results"), "--out", str(out),
-                     "--readme", ""]) == 0
-    assert out.read_text() == report.generate(tmp_path / "results")
+                     "--figures-dir", str(tmp_path / "figures"), "--readme", ""]) == 0
+    assert out.read_text() == report.generate(tmp_path / "results", tmp_path / "figures")
     assert str(out) in capsys.readouterr().out
 
 
@@ -148,3 +148,13 @@ def test_a_readme_without_the_findings_markers_is_refused(tmp_path):
     with pytest.raises(FileNotFoundError, match="cpu"):
         report.write_findings(tmp_path / "results", readme)
     assert "old" in readme.read_text()  # left as it was
+
+
+def test_a_section_shows_its_figure_only_where_it_is_drawn(tmp_path):
+    write_runs(tmp_path / "results", "batchnorm", [[0.5, 0.6], [0.55, 0.62]])
+    write_settings(tmp_path / "results")
+    (tmp_path / "figures").mkdir()
+    assert "figure2_quick.png" not in report.generate(tmp_path / "results", tmp_path / "figures")
+    (tmp_path / "figures" / "figure2_quick.png").write_bytes(b"png")
+    page = report.generate(tmp_path / "results", tmp_path / "figures")
+    assert "![Figure 2 of `quick`](../figures/figure2_quick.png)" in page
