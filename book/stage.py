@@ -6,13 +6,17 @@ docs/, notebooks/, figures/), so that every relative link and image path written
 GitHub works unchanged in the book; links to other files of the repository are
 turned into links to GitHub by conf.py. Nothing in the repository is changed.
 
-In the notebooks' copies three things change: a code cell hidden in Jupyter
+In the notebooks' copies four things change: a code cell hidden in Jupyter
 (metadata jupyter.source_hidden, as the exercise solutions' code is) gets
 myst-nb's `hide-input` tag, so that the book shows it inside a closed
 <details> too (and jupyter.outputs_hidden gets `hide-output`); a figure's
 alt text is the first sentence of the Markdown cell above it, which
-introduces it; and the Colab badge's image comes from the site, not from
-Colab. Outputs, widget state and the rest of the Markdown stay as committed.
+introduces it; the Colab badge's image comes from the site, not from
+Colab; and a widget that redraws only in a running kernel gives way to a
+note that says so (its static twin is beside it), while a progress bar,
+whose saved text is its first frame, is dropped. Widgets whose controls are
+linked to their pictures in the browser (`brlib.widgets.gallery`) stay and
+move. Outputs, widget state and the rest of the Markdown stay as committed.
 
 _static/ gets book/_static/ and the vendored JavaScript (book/vendor.sh):
 MathJax's tex-chtml component with the files it loads on demand, and
@@ -90,6 +94,58 @@ def first_sentence(markdown, limit=200):
     return ""
 
 
+WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
+WIDGET_STATE = "application/vnd.jupyter.widget-state+json"
+PROGRESS_MODELS = {"FloatProgressModel", "IntProgressModel"}
+# What the book shows in place of a panel that redraws only in a running kernel.
+KERNEL_PANEL_NOTE = ('<p class="kernel-panel"><em>A live panel: it redraws in a running kernel. '
+                     'Open this notebook in Colab (link at the top of the page) to move it; '
+                     'here, its static twin shows the same figure.</em></p>')
+
+
+def _models_under(state, model_id):
+    """The ids of a widget model and of every model its state refers to, recursively."""
+    found, pending = set(), [model_id]
+    while pending:
+        current = pending.pop()
+        if current in found:
+            continue
+        found.add(current)
+        text = json.dumps(state.get(current, {}).get("state", {}))
+        pending += re.findall(r"IPY_MODEL_([0-9a-f]+)", text)
+    return found
+
+
+def widget_kind(state, model_id):
+    """"progress" (a progress bar), "browser" (moves without a kernel: a browser-side link
+    joins its controls to what they show) or "kernel" (redraws only in a kernel)."""
+    models = _models_under(state, model_id)
+    if any(state.get(m, {}).get("model_name") in PROGRESS_MODELS for m in models):
+        return "progress"
+    for link in state.values():
+        if link.get("model_name") not in ("LinkModel", "DirectionalLinkModel"):
+            continue
+        ends = re.findall(r"IPY_MODEL_([0-9a-f]+)", json.dumps(link.get("state", {})))
+        if ends and all(end in models for end in ends):
+            return "browser"
+    return "kernel"
+
+
+def stage_widget_outputs(cell, state):
+    """Keeps the widgets that move without a kernel; drops progress bars (their saved text
+    is the bar's first frame); puts a note in place of a panel that needs a kernel."""
+    outputs = []
+    for output in cell.get("outputs", []):
+        view = output.get("data", {}).get(WIDGET_VIEW)
+        kind = widget_kind(state, view["model_id"]) if view else None
+        if kind == "kernel":
+            output = {"output_type": "display_data", "metadata": {},
+                      "data": {"text/html": KERNEL_PANEL_NOTE}}
+        if kind != "progress":
+            outputs.append(output)
+    cell["outputs"] = outputs
+
+
 def has_image(cell):
     return any(key.startswith("image/") for output in cell.get("outputs", [])
                for key in output.get("data", {}))
@@ -97,6 +153,7 @@ def has_image(cell):
 
 def stage_notebook(source, target):
     notebook = json.loads(source.read_text(encoding="utf-8"))
+    state = notebook.get("metadata", {}).get("widgets", {}).get(WIDGET_STATE, {}).get("state", {})
     introduction = ""  # the Markdown cell above, whose first sentence introduces a figure
     for cell in notebook.get("cells", []):
         if cell.get("cell_type") == "markdown":
@@ -113,6 +170,7 @@ def stage_notebook(source, target):
         for flag, tag in (("source_hidden", "hide-input"), ("outputs_hidden", "hide-output")):
             if hidden.get(flag) and tag not in tags:
                 tags.append(tag)
+        stage_widget_outputs(cell, state)
         if has_image(cell) and introduction:
             image = metadata.setdefault("mystnb", {}).setdefault("image", {})
             image.setdefault("alt", f"Figure: {introduction}")

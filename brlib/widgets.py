@@ -5,6 +5,9 @@ What a panel computes is `brlib.diagnostics`' (r, d, partners, clipping) and
 what it draws is `brlib.plots`'; both are unit-tested without a browser, and
 each panel's static twin in the notebooks calls the same two. The builders
 return ipywidgets containers and work with ipywidgets 7.7 (Colab) and 8.
+The explorers redraw in the kernel; the galleries (`gallery`, `clip_gallery`,
+`schedule_gallery`) draw a few panels up front and switch between them in
+the browser, so they also move on a static page of the notebook.
 ipywidgets, IPython and matplotlib are imported when a panel is built.
 """
 
@@ -34,6 +37,62 @@ def _panel(sliders, draw):
         slider.observe(refresh, names="value")
     refresh()
     return widgets.VBox([widgets.HBox(list(sliders.values())), label, output])
+
+
+def _png(fig):
+    """A figure's PNG bytes, and the figure closed."""
+    import io
+
+    import matplotlib.pyplot as plt
+
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", bbox_inches="tight")
+    plt.close(fig)
+    return buffer.getvalue()
+
+
+def gallery(values, draw, description, value=None, format_value="{:g}".format):
+    """One slider over a few precomputed panels: it moves without a kernel.
+
+    Every panel is drawn when the gallery is built. The slider's position and
+    the shown panel are linked in the browser (`jslink`), so the link survives
+    in a notebook's saved widget state: a static page of the notebook (the
+    book, nbviewer) still switches panels when the slider moves. A Stack holds
+    the panels on ipywidgets 8; 7.7 has none, and there a Tab does.
+
+    Args:
+        values: The slider's positions, in order.
+        draw: `draw(value)` returns (figure, text or None) for one position.
+        description: The slider's label.
+        value: The position shown first (default: the first of `values`).
+        format_value: How the slider writes a position.
+
+    Returns:
+        A VBox of the slider and the panels, with `.slider`, `.panels` and
+        `.link` (the browser-side link between them).
+    """
+    import ipywidgets as widgets
+
+    values = list(values)
+    if not values:
+        raise ValueError("`values` must hold at least one position; got none.")
+    if value is not None and value not in values:
+        raise ValueError(f"`value` must be one of `values` {values}; got value={value!r}.")
+    pages = []
+    for position in values:
+        fig, text = draw(position)
+        image = widgets.Image(value=_png(fig), format="png",
+                              layout=widgets.Layout(max_width="100%", height="auto"))
+        pages.append(widgets.VBox(([widgets.HTML(f"<b>{text}</b>")] if text else []) + [image]))
+    slider = widgets.SelectionSlider(options=[(format_value(v), v) for v in values],
+                                     value=values[0] if value is None else value,
+                                     description=description, continuous_update=True)
+    stack_type = getattr(widgets, "Stack", None) or widgets.Tab
+    panels = stack_type(children=pages, selected_index=slider.index)
+    link = widgets.jslink((slider, "index"), (panels, "selected_index"))
+    box = widgets.VBox([slider, panels])
+    box.slider, box.panels, box.link = slider, panels, link
+    return box
 
 
 def _slider(description, value, low, high, step):
@@ -78,6 +137,31 @@ def clip_explorer(features, microbatch_size=4, rmax=1.5, dmax=0.5,
         return plots.clip_figure(r, d, rmax, dmax, title), diagnostics.clip_text(r, d, rmax, dmax)
 
     return _panel(controls, draw)
+
+
+def clip_gallery(features, rmax_values=(1.0, 1.25, 1.5, 2.0, 3.0, 5.0), dmax=0.5,
+                 microbatch_size=4, layer=None, value=None):
+    """The clip explorer at a few values of rmax, precomputed: it moves without a kernel.
+
+    Args:
+        features: {layer name: that layer's inputs}, or one array.
+        rmax_values: The slider's rmax positions.
+        dmax: The fixed dmax.
+        microbatch_size: The fixed microbatch size.
+        layer: The layer shown (default: the first).
+        value: The rmax shown first (default: the first of `rmax_values`).
+    """
+    features = features if isinstance(features, dict) else {"features": features}
+    layer = next(iter(features)) if layer is None else layer
+    if layer not in features:
+        raise ValueError(f"`layer` must be one of {list(features)}; got layer={layer!r}.")
+    r, d = diagnostics.corrections_from_features(features[layer], microbatch_size)
+    title = f"{layer}, m = {microbatch_size}: "
+
+    def draw(rmax):
+        return plots.clip_figure(r, d, rmax, dmax, title), diagnostics.clip_text(r, d, rmax, dmax)
+
+    return gallery(rmax_values, draw, "rmax", value)
 
 
 def partners_explorer(features, microbatch_size=2, microbatch_sizes=(2, 4, 8, 32), channel=0):
@@ -145,6 +229,21 @@ def schedule_explorer(warmup_steps=5000, rmax_final=3.0, rmax_steps=40000, dmax_
         return fig, None
 
     return _panel(sliders, draw)
+
+
+def schedule_gallery(warmup_values, rmax_final=3.0, rmax_steps=40000, dmax_final=5.0,
+                     dmax_steps=25000, recorded=None, max_steps=80000, value=None):
+    """The schedule at a few warm-up lengths, precomputed: it moves without a kernel.
+
+    Ramps that would end before the warm-up end with it, as in `schedule_explorer`.
+    """
+    def draw(warmup_steps):
+        fig = plots.schedule_figure(warmup_steps, rmax_final, max(rmax_steps, warmup_steps),
+                                    dmax_final, max(dmax_steps, warmup_steps), steps=max_steps,
+                                    recorded=recorded)
+        return fig, None
+
+    return gallery(warmup_values, draw, "warm-up", value, format_value="{:d}".format)
 
 
 def experiment_form(dataset, steps=1200, warmup_steps=300, microbatch_size=2, rmax=3.0,

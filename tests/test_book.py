@@ -306,3 +306,34 @@ def test_notebook_pages_open_in_colab_download_and_show_source(visits, site_url)
 def test_every_page_has_a_favicon_and_a_footer(visits):
     assert [name for name, v in visits.items() if not v["favicon"]] == []
     assert [name for name, v in visits.items() if "the brlib authors" not in v["footer"]] == []
+
+
+# The images a page shows inside widgets right now (hidden panels of a Stack excluded).
+VISIBLE_WIDGET_IMAGES = """() => [...document.querySelectorAll('.jupyter-widgets img')]
+    .filter(img => img.offsetParent !== null && img.naturalWidth > 0).map(img => img.src)"""
+
+
+def test_a_gallery_slider_changes_its_picture_without_a_kernel(book_dir, site_url):
+    """A precomputed panel (brlib.widgets.gallery) moves in the book: the slider's link to its
+    panels is saved with the notebook and runs in the browser."""
+    chromium.require_chromium("BRLIB_REQUIRE_BOOK")
+    from playwright.sync_api import sync_playwright
+
+    galleries = [name for name in pages(book_dir) if name.startswith("notebooks/")
+                 and "SelectionSliderModel" in (book_dir / name).read_text(encoding="utf-8")]
+    assert galleries, "no notebook page holds a gallery (brlib.widgets.gallery)"
+    with sync_playwright() as playwright:
+        browser = chromium.launch(playwright)
+        page = browser.new_page(viewport={"width": 1280, "height": 900})
+        page.goto(site_url + galleries[0], wait_until="load")
+        handle = page.locator(".widget-hslider .noUi-handle").first
+        handle.wait_for(timeout=30_000)
+        page.wait_for_function("() => document.querySelectorAll('.jupyter-widgets img').length > 0")
+        before = page.evaluate(VISIBLE_WIDGET_IMAGES)
+        handle.focus()
+        page.keyboard.press("ArrowRight")
+        page.wait_for_function(f"(before) => JSON.stringify(({VISIBLE_WIDGET_IMAGES})()) "
+                               "!== JSON.stringify(before)", arg=before, timeout=10_000)
+        after = page.evaluate(VISIBLE_WIDGET_IMAGES)
+        browser.close()
+    assert before and after and before != after

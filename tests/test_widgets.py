@@ -102,3 +102,53 @@ def test_partners_explorer_reports_the_offset_of_the_histogram():
     sigma = np.sqrt(random_groups.var(axis=(1, 2, 3)) + 1e-3).mean()
     inference = (values[0, 1, 1, 0] - values[..., 0].mean()) / sigma
     assert f"inference output: {np.mean(outputs) - inference:+.3f}" in panel.children[1].value
+
+
+def test_gallery_links_its_slider_to_precomputed_panels_in_the_browser():
+    pytest.importorskip("ipywidgets")
+    import matplotlib.pyplot as plt
+
+    drawn = []
+
+    def draw(value):
+        drawn.append(value)
+        fig, ax = plt.subplots()
+        ax.plot([0, value])
+        return fig, f"value {value}"
+
+    box = widgets.gallery([1.0, 2.0, 4.0], draw, "x", value=2.0)
+    assert drawn == [1.0, 2.0, 4.0] and plt.get_fignums() == []  # drawn once each, closed
+    assert box.slider.index == 1 and box.panels.selected_index == 1
+    pages = box.panels.children
+    assert [page.children[0].value for page in pages] == ["<b>value 1.0</b>", "<b>value 2.0</b>",
+                                                          "<b>value 4.0</b>"]
+    assert [label for label, _ in box.slider.options] == ["1", "2", "4"]
+    assert all(bytes(page.children[1].value).startswith(b"\x89PNG") for page in pages)
+    # The link is a widget of its own (saved with the notebook), from the slider's index to
+    # the panels' selected index: the browser, not the kernel, switches the panel.
+    from ipywidgets.widgets.widget_link import Link
+
+    assert isinstance(box.link, Link)
+    assert box.link.source == (box.slider, "index")
+    assert box.link.target == (box.panels, "selected_index")
+    with pytest.raises(ValueError, match="`value` must be one of"):
+        widgets.gallery([1.0], draw, "x", value=3.0)
+    with pytest.raises(ValueError, match="`values` must hold"):
+        widgets.gallery([], draw, "x")
+
+
+def test_clip_gallery_shows_the_clip_explorers_text_at_each_rmax():
+    pytest.importorskip("ipywidgets")
+    box = widgets.clip_gallery({"a": features(0)}, rmax_values=(1.5, 3.0), dmax=0.2,
+                               microbatch_size=2)
+    r, d = diagnostics.corrections_from_features(features(0), 2)
+    texts = [page.children[0].value for page in box.panels.children]
+    assert texts == [f"<b>{diagnostics.clip_text(r, d, rmax, 0.2)}</b>" for rmax in (1.5, 3.0)]
+    with pytest.raises(ValueError, match="`layer` must be one of"):
+        widgets.clip_gallery({"a": features(0)}, layer="b")
+
+
+def test_schedule_gallery_has_one_panel_per_warmup():
+    pytest.importorskip("ipywidgets")
+    box = widgets.schedule_gallery([0, 5000, 60000], value=5000)
+    assert len(box.panels.children) == 3 and box.slider.value == 5000
