@@ -177,6 +177,12 @@ def stage_notebook(source, target):
     target.write_text(json.dumps(notebook, ensure_ascii=False, indent=1), encoding="utf-8")
 
 
+def stage_page(source, target, badge):
+    """A Markdown page, with the Colab badge's image served by the site (at `badge`)."""
+    target.write_text(source.read_text(encoding="utf-8").replace(COLAB_BADGE, badge),
+                      encoding="utf-8")
+
+
 def toctree_entries(index):
     entries, in_toctree = [], False
     for line in index.read_text(encoding="utf-8").splitlines():
@@ -186,8 +192,14 @@ def toctree_entries(index):
         elif stripped.startswith("```"):
             in_toctree = False
         elif in_toctree and stripped and not stripped.startswith(":"):
-            entries.append(stripped)
+            entries.append(toctree_target(stripped))
     return entries
+
+
+def toctree_target(entry):
+    """The page of a toctree entry: `README`, or `README` in `The README <README>`."""
+    match = re.fullmatch(r".*<([^<>]+)>", entry)
+    return match.group(1).strip() if match else entry
 
 
 def stage_index(source, target, docnames):
@@ -200,7 +212,7 @@ def stage_index(source, target, docnames):
         elif stripped.startswith("```"):
             in_toctree = False
         elif (in_toctree and stripped and not stripped.startswith(":")
-              and not fnmatch.filter(docnames, stripped)):
+              and not fnmatch.filter(docnames, toctree_target(stripped))):
             continue
         lines.append(line)
     target.write_text("\n".join(lines) + "\n", encoding="utf-8")
@@ -217,12 +229,13 @@ def main(stage):
     entries = toctree_entries(BOOK / "index.md")
     for page in sorted(ROOT.glob("*.md")):
         if any(fnmatch.fnmatch(page.stem, entry) for entry in entries):
-            shutil.copy2(page, stage / page.name)
+            stage_page(page, stage / page.name, "_static/colab-badge.svg")
             docnames.append(page.stem)
     if (ROOT / "docs").is_dir():
-        shutil.copytree(ROOT / "docs", stage / "docs",
-                        ignore=shutil.ignore_patterns(".*", "_build"))
-        docnames += [f"docs/{page.stem}" for page in (stage / "docs").glob("*.md")]
+        (stage / "docs").mkdir()
+        for page in sorted((ROOT / "docs").glob("*.md")):
+            stage_page(page, stage / "docs" / page.name, LOCAL_BADGE)
+            docnames.append(f"docs/{page.stem}")
     if (ROOT / "figures").is_dir():
         shutil.copytree(ROOT / "figures", stage / "figures")
     (stage / "notebooks").mkdir()

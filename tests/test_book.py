@@ -96,7 +96,7 @@ INSPECT = """async () => {
     img.loading = 'eager';
     try { await img.decode(); } catch (error) { /* reported through naturalWidth */ }
     images.push({src: img.currentSrc || img.src, width: img.naturalWidth, alt: img.alt,
-                 output: !!img.closest('div.cell_output')});
+                 output: !!img.closest('div.cell_output') && !img.closest('.jupyter-widgets')});
   }
   const math = [...document.querySelectorAll('.math')];
   // TeX that MathJax could not read: an error node, or an undefined macro, which
