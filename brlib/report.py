@@ -9,8 +9,9 @@ from pathlib import Path
 
 from brlib import results
 from brlib.files import write_atomic
-from brlib.protocol import (ARMS, GLYPHS, GLYPHS_SWEEP, GLYPHS_WORKERS, GROUP, LR_SWEEPS,
-                            REPORTED, TWINS, WORKERS_SWEEP, WORKERS_SWEEP_ARMS)
+from brlib.protocol import (ARMS, GLYPHS, GLYPHS_SWEEP, GLYPHS_WORKERS, GLYPHS_WORKERS_NORM4,
+                            GROUP, LR_SWEEPS, REPORTED, TWINS, WORKERS_SWEEP,
+                            WORKERS_SWEEP_ARMS)
 from brlib.sampling import step_variety
 
 _HEADER = """# Results
@@ -143,6 +144,41 @@ def workers_sweep_table(results_dir):
     return "\n".join(lines) if len(lines) > 2 else ""
 
 
+# Renorm arms and the batch norm arm trained on the same kind of steps, whose moving averages
+# show how far the averages renorm starts correcting with had come when its warm-up ended.
+WARMUP_EXITS = (("batchrenorm", "batchnorm"), ("batchrenorm_remixed", "batchnorm_remixed"),
+                ("batchrenorm_iid", "batchnorm_iid"), ("batchrenorm_longwarmup", "batchnorm"))
+
+
+def warmup_exit_table(loaded):
+    """Each renorm arm where its warm-up ends and one evaluation later, mean ± sd over seeds:
+    its training loss and clipped share of r, and the test accuracy of its batch-norm twin's
+    moving averages and recalibrated statistics at the warm-up's end (how stale the moving
+    averages that renorm starts correcting with were)."""
+    preset = loaded.preset
+    lines = ["| arm | warm-up ends at step | training loss there | 100 steps later | r clipped "
+             "100 steps later (%) | batch norm's moving averages there (%) | recalibrated (%) |",
+             "|---|---|---|---|---|---|---|"]
+    for arm, twin in WARMUP_EXITS:
+        if arm not in loaded or twin not in loaded:
+            continue
+        end = preset.warmup_steps * ARMS[arm].warmup_factor
+        steps = list(loaded[arm].steps)
+        if end not in steps or end + preset.eval_every not in steps:
+            continue
+        at, after = steps.index(end), steps.index(end + preset.eval_every)
+        seeds = sorted(set(loaded[arm].seeds) & set(loaded[twin].seeds))
+        rows = lambda curves: [curves.seeds.index(seed) for seed in seeds]
+        arm_rows, twin_rows = rows(loaded[arm]), rows(loaded[twin])
+        cells = [loaded[arm]["train_loss"][arm_rows, at], loaded[arm]["train_loss"][arm_rows, after],
+                 100 * loaded[arm]["r_clipped"][arm_rows, after],
+                 100 * loaded[twin]["val_accuracy"][twin_rows, at],
+                 100 * loaded[twin]["val_accuracy_recalibrated"][twin_rows, at]]
+        lines.append(f"| {ARMS[arm].label} ({len(seeds)} seeds) | {end} | " + " | ".join(
+            f"{c.mean():.2f} ± {c.std(ddof=1):.2f}" for c in cells) + " |")
+    return "\n".join(lines) if len(lines) > 2 else ""
+
+
 def workers_section(results_dir, presets):
     """Figure 3 in the paper's structure: what a step holds, the head's learning rate, and
     pairing's cost split into a partner in the group and the sampling, as one family."""
@@ -163,6 +199,23 @@ def workers_section(results_dir, presets):
              "The learning rate, chosen on the i.i.d. arm's recalibrated accuracy (800-step "
              "runs, whose moving averages had not caught up):", workers_sweep_table(results_dir),
              f"![Figure 3 of `{preset.name}`](../figures/{preset.figure}.png)"]
+    parts += _family_tables(loaded)
+    exits = warmup_exit_table(loaded)
+    if exits:
+        parts += ["Renorm where its warm-up ends: its training loss and clipped share of r, "
+                  "beside how far the moving averages it starts correcting with had come, read "
+                  "on its batch-norm twin:", exits]
+    if GLYPHS_WORKERS_NORM4.name in presets:
+        second = results.load_results(results_dir, GLYPHS_WORKERS_NORM4.name)
+        parts += [f"The second row, `{second.preset.name}`: the same steps with the `norm4` "
+                  f"network of `{GLYPHS.name}`, at its learning rate "
+                  f"({second.preset.learning_rate:g}, not swept here):"] + _family_tables(second)
+    return "\n\n".join(parts)
+
+
+def _family_tables(loaded):
+    """The preset's WORKERS_GAPS, moving averages and recalibrated, each read as one family."""
+    parts = []
     for column, name in (("val_accuracy", "moving averages"),
                          ("val_accuracy_recalibrated", "recalibrated")):
         found = results.gaps(loaded, results.WORKERS_GAPS, column, family=True)
@@ -170,7 +223,7 @@ def workers_section(results_dir, presets):
             parts += [f"Paired differences, {name}, read as one family of {len(found)} "
                       f"(Bonferroni: each interval at {100 * results.bonferroni_level(len(found)):.2f} %):",
                       results.format_gaps(found, f"family {len(found)}, Bonferroni", trends=True)]
-    return "\n\n".join(parts)
+    return parts
 
 
 # The presets whose learning rate is swept, and the figure of each sweep.

@@ -107,7 +107,7 @@ def wait_until(page, condition, seconds=60, ceiling=1200):
             last_busy = now
         if now - last_busy > seconds or now - start > ceiling:
             raise AssertionError(f"the page did not change in time (after {now - start:.0f} s; "
-                                 f"kernel {status!r})")
+                                 f"kernel {status!r}; {executed_cells(page)} cells executed)")
         time.sleep(0.25)
 
 
@@ -117,6 +117,39 @@ KERNEL_READY = """() => {
         && panel.sessionContext.session.kernel;
     return Boolean(kernel) && kernel.connectionStatus === "connected" && kernel.status === "idle";
 }"""
+
+
+# Whether any code cell has been queued or run since the outputs were cleared: its prompt
+# reads [*] or [n] instead of [ ].
+RUN_STARTED = """() => [...document.querySelectorAll('.jp-Notebook .jp-InputPrompt')]
+    .some(prompt => /\\[(\\*|\\d+)\\]/.test(prompt.textContent))"""
+
+
+def retry_until(page, name, condition, attempts=3, seconds=60):
+    """Runs JupyterLab command `name` until `condition` (JavaScript) holds. On a loaded
+    machine JupyterLab can take a command before the notebook is its current widget and
+    then do nothing (run-all runs no cell, the kernel stays idle, no output appears); a
+    command whose effect did not show is sent again, which is safe for clearing outputs
+    and for a run that never started."""
+    for _ in range(attempts):
+        page.evaluate("""() => {
+            const panel = window.jupyterapp.shell.currentWidget;
+            if (panel) { window.jupyterapp.shell.activateById(panel.id); }
+        }""")
+        command(page, name)
+        try:
+            page.wait_for_function(condition, timeout=seconds * 1000, polling=250)
+            return
+        except Exception:  # Playwright's TimeoutError
+            continue
+    raise AssertionError(f"{name} had no effect after {attempts} tries "
+                         f"(kernel {kernel_status(page)!r})")
+
+
+def executed_cells(page):
+    """How many code cells show an execution count, for failure messages."""
+    return page.evaluate("""() => [...document.querySelectorAll('.jp-Notebook .jp-InputPrompt')]
+        .filter(prompt => /\\[\\d+\\]/.test(prompt.textContent)).length""")
 
 
 def command(page, name):
@@ -144,8 +177,8 @@ def run_notebook(jupyter_lab, name, exercise):
         # sent then runs nothing or asks for a kernel: wait for the connected, idle kernel.
         page.wait_for_function(KERNEL_READY, timeout=120_000, polling=250)
         # Drop the saved outputs so that everything checked below comes from the live kernel.
-        command(page, "notebook:clear-all-cell-outputs")
-        command(page, "notebook:run-all-cells")
+        retry_until(page, "notebook:clear-all-cell-outputs", f"() => !({RUN_STARTED})()")
+        retry_until(page, "notebook:run-all-cells", RUN_STARTED)
         try:
             return exercise(page)
         except Exception:

@@ -158,3 +158,35 @@ def test_a_section_shows_its_figure_only_where_it_is_drawn(tmp_path):
     (tmp_path / "figures" / "figure2_quick.png").write_bytes(b"png")
     page = report.generate(tmp_path / "results", tmp_path / "figures")
     assert "![Figure 2 of `quick`](../figures/figure2_quick.png)" in page
+
+
+def test_warmup_exit_table_reads_renorm_where_its_warmup_ends(tmp_path):
+    from brlib.protocol import get_preset
+
+    preset = get_preset("glyphs_workers")  # warm-up 300 steps, an evaluation every 100
+    steps = np.arange(100, 1100, 100)
+    rng = np.random.default_rng(0)
+
+    def curves(seeds):
+        columns = {name: rng.uniform(0.0, 1.0, (len(seeds), len(steps))) for name in
+                   ("train_loss", "r_clipped", "val_accuracy", "val_accuracy_recalibrated")}
+        return results.Curves(steps, list(seeds), columns)
+
+    loaded = results.Results(preset, {"batchrenorm": curves([0, 1, 2]),
+                                      "batchnorm": curves([0, 1, 2, 3]),
+                                      "batchrenorm_longwarmup": curves([1, 2])})
+    table = report.warmup_exit_table(loaded)
+    rows = [line for line in table.splitlines()[2:]]
+    assert len(rows) == 2  # batchrenorm and the long warm-up; the others have no results
+    renorm, twin = loaded["batchrenorm"], loaded["batchnorm"]
+    at, after = 2, 3  # steps 300 and 400
+    expected = [renorm["train_loss"][:, at], renorm["train_loss"][:, after],
+                100 * renorm["r_clipped"][:, after], 100 * twin["val_accuracy"][:3, at],
+                100 * twin["val_accuracy_recalibrated"][:3, at]]
+    assert rows[0] == "| Batch Renorm (3 seeds) | 300 | " + " | ".join(
+        f"{np.mean(c):.2f} ± {np.std(c, ddof=1):.2f}" for c in expected) + " |"
+    # The long warm-up ends at 600, read beside batch norm's seeds 1 and 2 only.
+    long = loaded["batchrenorm_longwarmup"]
+    assert rows[1].startswith("| Batch Renorm, warm-up × 2 (2 seeds) | 600 | ")
+    assert f"{np.mean(100 * twin['val_accuracy'][[1, 2], 5]):.2f}" in rows[1]
+    assert f"{np.mean(long['train_loss'][:, 6]):.2f}" in rows[1]
