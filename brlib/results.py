@@ -680,7 +680,12 @@ WORKERS_GAPS = (
     ("batch renorm − batch norm, on pairs", "batchrenorm", "batchnorm"),
     ("batch renorm − batch norm, i.i.d.", "batchrenorm_iid", "batchnorm_iid"),
     ("batch renorm, warm-up × 2 − batch renorm, on pairs", "batchrenorm_longwarmup",
-     "batchrenorm"))
+     "batchrenorm"),
+    # Renorm with its warm-up twice as long: does it then repair pairing (the paper: renorm on
+    # pairs level with batch norm on i.i.d. groups)?
+    ("batch renorm, warm-up × 2 − batch norm, on pairs", "batchrenorm_longwarmup", "batchnorm"),
+    ("batch renorm, warm-up × 2, on pairs − batch norm i.i.d.", "batchrenorm_longwarmup",
+     "batchnorm_iid"))
 
 
 @dataclasses.dataclass(frozen=True)
