@@ -219,8 +219,8 @@ class Preset:
     @property
     def figure_arms(self):
         """The arms the preset's figure draws, where they have results."""
-        if self.sampling == "pairs" and self.head != "dense":
-            return NONIID_FIGURE_ARMS
+        if self.sampling == "pairs":
+            return NONIID_FIGURE_ARMS if self.head != "dense" else self.arms + WORKERS_ABLATIONS
         return self.arms
 
     @property
