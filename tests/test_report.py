@@ -190,3 +190,16 @@ def test_warmup_exit_table_reads_renorm_where_its_warmup_ends(tmp_path):
     assert rows[1].startswith("| Batch Renorm, warm-up × 2 (2 seeds) | 600 | ")
     assert f"{np.mean(100 * twin['val_accuracy'][[1, 2], 5]):.2f}" in rows[1]
     assert f"{np.mean(long['train_loss'][:, 6]):.2f}" in rows[1]
+
+
+def test_findings_read_the_paper_structure_as_one_bonferroni_family():
+    page = report.findings(ROOT / "data" / "results")
+    line = next(line for line in page.splitlines() if "paper's structure" in line)
+    loaded = results.load_results(ROOT / "data" / "results", "glyphs_workers")
+    family = len(results.gaps(loaded, results.WORKERS_GAPS, "val_accuracy_recalibrated"))
+    level = 1 - 0.05 / family
+    final = lambda arm: 100 * loaded[arm]["val_accuracy_recalibrated"][:, -loaded.last:].mean(axis=1)
+    deltas = final("batchnorm_remixed") - final("batchnorm_iid")  # the same seeds, in order
+    low, high = stats.t.interval(level, len(deltas) - 1, loc=deltas.mean(), scale=stats.sem(deltas))
+    assert f"family of {family} at {100 * level:.2f} % each" in line
+    assert f"re-mixed − i.i.d. (the paired sampling) {deltas.mean():+.2f} [{low:+.2f}, {high:+.2f}]" in line
