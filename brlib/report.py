@@ -167,7 +167,7 @@ def warmup_exit_table(loaded):
         if end not in steps or end + preset.eval_every not in steps:
             continue
         at, after = steps.index(end), steps.index(end + preset.eval_every)
-        seeds = sorted(set(loaded[arm].seeds) & set(loaded[twin].seeds))
+        seeds = results.shared_seeds(loaded, arm, twin)
         rows = lambda curves: [curves.seeds.index(seed) for seed in seeds]
         arm_rows, twin_rows = rows(loaded[arm]), rows(loaded[twin])
         cells = [loaded[arm]["train_loss"][arm_rows, at], loaded[arm]["train_loss"][arm_rows, after],
@@ -179,7 +179,7 @@ def warmup_exit_table(loaded):
     return "\n".join(lines) if len(lines) > 2 else ""
 
 
-def workers_section(results_dir, presets):
+def workers_section(results_dir, presets, figures_dir=None):
     """Figure 3 in the paper's structure: what a step holds, the head's learning rate, and
     pairing's cost split into a partner in the group and the sampling, as one family."""
     if GLYPHS_WORKERS.name not in presets:
@@ -197,8 +197,10 @@ def workers_section(results_dir, presets):
                             (f"`{GLYPHS.name}`", GLYPHS.classes,
                              GLYPHS.minibatch_size // GROUP)]),
              "The learning rate, chosen on the i.i.d. arm's recalibrated accuracy (800-step "
-             "runs, whose moving averages had not caught up):", workers_sweep_table(results_dir),
-             f"![Figure 3 of `{preset.name}`](../figures/{preset.figure}.png)"]
+             "runs, whose moving averages had not caught up):", workers_sweep_table(results_dir)]
+    figure = _figure(figures_dir, preset.figure, f"Figure 3 of `{preset.name}`")
+    if figure:
+        parts.append(figure)
     parts += _family_tables(loaded)
     exits = warmup_exit_table(loaded)
     if exits:
@@ -317,7 +319,7 @@ def generate(results_dir, figures_dir=None):
     sections = [preset_section(results_dir, p, figures_dir) for p in presets if p not in swept]
     sections.append(learning_rate_section(results_dir, presets))
     sections.append(pairing_section(results_dir, presets, figures_dir))
-    sections.append(workers_section(results_dir, presets))
+    sections.append(workers_section(results_dir, presets, figures_dir))
     sections.append(reported_section())
     return "\n\n".join([_HEADER.strip()] + [s for s in sections if s]) + "\n"
 

@@ -263,7 +263,7 @@ def scale_of(column):
     return 100 if in_percent(column) else 1
 
 
-def _shared_seeds(results, arm, reference):
+def shared_seeds(results, arm, reference):
     """The seeds that both arms have, in order, or a ValueError."""
     common = sorted(set(results[arm].seeds) & set(results[reference].seeds))
     if not common:
@@ -336,7 +336,7 @@ def paired_difference(results, arm, reference, column="val_accuracy", level=0.95
         level: The interval's confidence level; `bonferroni_level` gives the
             level of each interval of a family read together.
     """
-    common = _shared_seeds(results, arm, reference)
+    common = shared_seeds(results, arm, reference)
     pick = lambda name: results.final(name, column)[[results[name].seeds.index(s)
                                                       for s in common]]
     mean, sd, (low, high) = t_interval(pick(arm) - pick(reference), level)
@@ -400,7 +400,7 @@ def format_difference(diff):
 def paired_curves(results, arm, reference, column):
     """(seeds, evaluations) paired differences in `paired_difference`'s units, and the steps."""
     a, b = results[arm], results[reference]
-    common = _shared_seeds(results, arm, reference)
+    common = shared_seeds(results, arm, reference)
     if not np.array_equal(a.steps, b.steps):
         raise ValueError(f"arms {arm!r} and {reference!r} were evaluated at different steps")
     pick = lambda curves: scale_of(column) * np.asarray(curves[column])[
