@@ -457,6 +457,14 @@ WORKERS_SWEEP = tuple(dataclasses.replace(
 GLYPHS_WORKERS_NORM4 = dataclasses.replace(GLYPHS_WORKERS, name="glyphs_workers_norm4",
                                            head="norm4", learning_rate=GLYPHS.learning_rate,
                                            seeds=3)
+# `glyphs_workers` with every phase twice as long: batch norm alone and the rate held to
+# 600, the rate at its floor from 1100, the ramps ending at 1200 and 1000, the last 4
+# evaluations averaged. Renorm's warm-up still ends where the rate starts to fall, but it
+# then trains 500 steps above the floor instead of 250.
+GLYPHS_WORKERS_LONG = dataclasses.replace(
+    GLYPHS_WORKERS, name="glyphs_workers_long", steps=20 * TAU, warmup_steps=6 * TAU,
+    rmax_steps=12 * TAU, dmax_steps=10 * TAU, lr_decay_start=6 * TAU, lr_decay_end=1100,
+    final_evaluations=4)
 # Figure 2's learning-rate sweep: the quick and cpu presets with Adam at each rate of
 # SWEEP_LEARNING_RATES, everything else unchanged, 3 seeds each (more where a rate is
 # confirmed). The preset's own rate is the preset itself; the others are named
@@ -489,7 +497,7 @@ LR_SWEEPS += WORKERS_SWEEP
 PRESETS = {preset.name: preset for preset in (SEED, PAPER, SEED_FMNIST, QUICK, CPU,
                                               NONIID_QUICK, NONIID, GLYPHS_QUICK, GLYPHS,
                                               *GLYPHS_SWEEP, GLYPHS_LONG, GLYPHS_WORKERS,
-                                              GLYPHS_WORKERS_NORM4,
+                                              GLYPHS_WORKERS_NORM4, GLYPHS_WORKERS_LONG,
                                               *LR_SWEEPS)}
 
 
