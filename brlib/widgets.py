@@ -6,7 +6,7 @@ what it draws is `brlib.plots`'; both are unit-tested without a browser, and
 each panel's static twin in the notebooks calls the same two. The builders
 return ipywidgets containers and work with ipywidgets 7.7 (Colab) and 8.
 The explorers redraw in the kernel; the galleries (`gallery`, `clip_gallery`,
-`schedule_gallery`) draw a few panels up front and switch between them in
+`schedule_gallery`, `step_gallery`) draw a few panels up front and switch between them in
 the browser, so they also move on a static page of the notebook.
 ipywidgets, IPython and matplotlib are imported when a panel is built.
 """
@@ -244,6 +244,27 @@ def schedule_gallery(warmup_values, rmax_final=3.0, rmax_steps=40000, dmax_final
         return fig, None
 
     return gallery(warmup_values, draw, "warm-up", value, format_value="{:d}".format)
+
+
+def step_gallery(results, steps=None, value=None):
+    """A preset's runs evaluation by evaluation, precomputed: it moves without a kernel.
+
+    Each position draws `plots.step_snapshot_figure`: every arm's test
+    accuracy with moving averages, recalibrated and with minibatch statistics,
+    and the lag and mismatch they imply.
+
+    Args:
+        results: A `brlib.results.Results`.
+        steps: The slider's evaluated steps (default: every evaluation).
+        value: The step shown first (default: the first of `steps`).
+    """
+    evaluated = list(next(iter(results.values())).steps)
+    steps = evaluated if steps is None else list(steps)
+    missing = [step for step in steps if step not in evaluated]
+    if missing:
+        raise ValueError(f"`steps` must be evaluated steps {evaluated}; got {missing}.")
+    return gallery(steps, lambda step: plots.step_snapshot_figure(results, step), "step", value,
+                   format_value="{:d}".format)
 
 
 def experiment_form(dataset, steps=1200, warmup_steps=300, microbatch_size=2, rmax=3.0,

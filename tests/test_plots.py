@@ -321,3 +321,33 @@ def test_paired_differences_draws_each_named_difference_with_its_band(tmp_path):
     assert len(ax.get_legend().get_texts()) == 1  # the pair without results is left out
     with pytest.raises(ValueError, match="none of the named differences"):
         plots.paired_differences(loaded, named[1:])
+
+
+def test_step_snapshot_names_the_lag_and_mismatch_of_each_arm_at_that_step(tmp_path):
+    import matplotlib.pyplot as plt
+
+    moving = [[0.2, 0.5, 0.7], [0.4, 0.5, 0.9]]
+    calibrated = [[0.6, 0.6, 0.7], [0.8, 0.7, 0.9]]
+    minibatch = [[0.1, 0.3, 0.6], [0.2, 0.4, 0.5]]
+    write_runs(tmp_path, "batchnorm", moving, calibrated, pairs=(moving, minibatch))
+    loaded = results.load_results(tmp_path, "quick")
+    fig, text = plots.step_snapshot_figure(loaded, 20)
+    # Seed means at step 20: moving 0.5, recalibrated 0.65, minibatch statistics 0.35.
+    assert "step 20" in text and "lag +15.0, mismatch +15.0" in text
+    heights = sorted(round(patch.get_height(), 6) for patch in fig.axes[0].patches
+                     if patch.get_height() > 0)
+    assert heights == [35.0, 50.0, 65.0]
+    fig_end, text_end = plots.step_snapshot_figure(loaded, 30)
+    assert "lag +0.0, mismatch +25.0" in text_end
+    with pytest.raises(ValueError, match="`step` must be one of the evaluated steps"):
+        plots.step_snapshot_figure(loaded, 25)
+    plt.close(fig)
+    plt.close(fig_end)
+
+
+def test_training_phase_follows_the_presets_warmup_ramps_and_learning_rate():
+    preset = br.protocol.get_preset("quick")  # warm-up 300, ramps to 700, floor from 900
+    assert [plots.training_phase(preset, step) for step in (300, 301, 699, 700, 899, 900)] == [
+        "warm-up: renorm is batch norm", "renorm's bounds opening", "renorm's bounds opening",
+        "bounds open, learning rate falling", "bounds open, learning rate falling",
+        "learning rate at its floor"]

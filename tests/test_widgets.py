@@ -8,7 +8,7 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 from test_diagnostics import features, renorm_reference  # noqa: E402
 
-from brlib import diagnostics, widgets  # noqa: E402
+from brlib import diagnostics, plots, widgets  # noqa: E402
 
 
 def test_clip_explorer_updates_its_text_when_a_slider_moves():
@@ -116,8 +116,9 @@ def test_gallery_links_its_slider_to_precomputed_panels_in_the_browser():
         ax.plot([0, value])
         return fig, f"value {value}"
 
+    open_before = plt.get_fignums()
     box = widgets.gallery([1.0, 2.0, 4.0], draw, "x", value=2.0)
-    assert drawn == [1.0, 2.0, 4.0] and plt.get_fignums() == []  # drawn once each, closed
+    assert drawn == [1.0, 2.0, 4.0] and plt.get_fignums() == open_before  # each drawn once, closed
     assert box.slider.index == 1 and box.panels.selected_index == 1
     pages = box.panels.children
     assert [page.children[0].value for page in pages] == ["<b>value 1.0</b>", "<b>value 2.0</b>",
@@ -152,3 +153,19 @@ def test_schedule_gallery_has_one_panel_per_warmup():
     pytest.importorskip("ipywidgets")
     box = widgets.schedule_gallery([0, 5000, 60000], value=5000)
     assert len(box.panels.children) == 3 and box.slider.value == 5000
+
+
+def test_step_gallery_has_one_snapshot_per_evaluation(tmp_path):
+    pytest.importorskip("ipywidgets")
+    from test_results import write_runs
+
+    from brlib import results
+
+    write_runs(tmp_path, "batchnorm", [[0.2, 0.5, 0.7]], [[0.6, 0.6, 0.7]])
+    loaded = results.load_results(tmp_path, "quick")
+    box = widgets.step_gallery(loaded, value=20)
+    assert box.slider.options == (("10", 10), ("20", 20), ("30", 30)) and box.slider.value == 20
+    assert [page.children[0].value for page in box.panels.children] == [
+        f"<b>{plots.step_snapshot_figure(loaded, step)[1]}</b>" for step in (10, 20, 30)]
+    with pytest.raises(ValueError, match="`steps` must be evaluated steps"):
+        widgets.step_gallery(loaded, steps=[10, 15])
