@@ -625,11 +625,9 @@ def comparison_figure(curves, warmup_steps=None):
     return fig
 
 
-# The three scores of one evaluation, in the order a snapshot draws them.
-SNAPSHOT_SCORES = (("val_accuracy", "moving averages"),
-                   ("val_accuracy_recalibrated", "recalibrated"),
-                   ("val_accuracy_minibatch_stats", "minibatch statistics"))
-ALPHAS, HATCHES = (0.45, 0.75, 1.0), ("", "//", "..")
+# How a snapshot draws each of `results.SNAPSHOT_SCORES`.
+SNAPSHOT_STYLES = (("moving averages", 0.45, ""), ("recalibrated", 0.75, "//"),
+                   ("minibatch statistics", 1.0, ".."))
 
 
 def training_phase(preset, step):
@@ -645,53 +643,40 @@ def training_phase(preset, step):
 
 
 def step_snapshot_figure(results, step):
-    """Each arm's three test accuracies at one evaluation: moving averages, recalibrated,
-    and minibatch statistics on test microbatches. Bars are seed means, dots the seeds.
+    """Each arm's three test accuracies at one evaluation (`results.scores_at`): moving
+    averages, recalibrated, and minibatch statistics on test microbatches. Bars are
+    seed means, dots the seeds.
 
-    Recalibrated − moving averages is the lag; moving averages − minibatch statistics,
-    the mismatch. Returns (figure, text naming both per arm, in points).
+    Returns (figure, `results.format_lag_and_mismatch` at that step).
     """
     import matplotlib.pyplot as plt
 
-    steps = next(iter(results.values())).steps
-    if step not in steps:
-        raise ValueError(f"`step` must be one of the evaluated steps {list(steps)}; "
-                         f"got step={step!r}.")
+    from brlib.results import SNAPSHOT_SCORES, format_lag_and_mismatch, scores_at
+
+    scores = scores_at(results, step)
     fig, ax = plt.subplots(figsize=(7, 3.4))
     width = 0.8 / len(SNAPSHOT_SCORES)
-    means = {}
-    for position, (arm, curves) in enumerate(results.items()):
-        index = list(curves.steps).index(step)
-        for k, (column, label) in enumerate(SNAPSHOT_SCORES):
-            if column not in curves.columns:
+    for position, (arm, by_column) in enumerate(scores.items()):
+        for k, column in enumerate(SNAPSHOT_SCORES):
+            if column not in by_column:
                 continue
-            seeds = 100 * curves[column][:, index]
-            means[arm, column] = seeds.mean()
+            seeds, (_, alpha, hatch) = by_column[column], SNAPSHOT_STYLES[k]
             x = position + (k - 1) * width
-            ax.bar(x, seeds.mean(), width * 0.9, color=ARMS[arm].color, alpha=ALPHAS[k],
-                   hatch=HATCHES[k], edgecolor="black", lw=0.5)
+            ax.bar(x, seeds.mean(), width * 0.9, color=ARMS[arm].color, alpha=alpha,
+                   hatch=hatch, edgecolor="black", lw=0.5)
             ax.plot(np.full(len(seeds), x), seeds, "k.", ms=3)
-    ax.set_xticks(range(len(results)), [ARMS[arm].label for arm in results], fontsize=8)
-    for k, (_, label) in enumerate(SNAPSHOT_SCORES):  # the legend's key, in grey
-        ax.bar([0], [0], 0, color="grey", alpha=ALPHAS[k], hatch=HATCHES[k],
-               edgecolor="black", lw=0.5, label=label)
+    for label, alpha, hatch in SNAPSHOT_STYLES:  # the legend's key, in grey
+        ax.bar([0], [0], 0, color="grey", alpha=alpha, hatch=hatch, edgecolor="black", lw=0.5,
+               label=label)
+    ax.set_xticks(range(len(scores)), [ARMS[arm].label for arm in scores], fontsize=8)
     ax.set(ylim=(0, 115), yticks=range(0, 101, 20), ylabel="test accuracy (%)")
+    seeds = len(next(iter(results.values())).seeds)
     ax.set_title(f"step {step} of {results.preset.steps} ({training_phase(results.preset, step)})"
-                 f"; bars: mean of {len(next(iter(results.values())).seeds)} seeds, dots: seeds",
-                 fontsize=9)
+                 f"; bars: mean of {seeds} seeds, dots: seeds", fontsize=9)
     ax.grid(axis="y", alpha=0.3)
     ax.legend(fontsize=7, loc="upper center", ncol=3)
     fig.tight_layout()
-    parts = []
-    for arm in results:
-        moving, calibrated, minibatch = (means.get((arm, column)) for column, _ in SNAPSHOT_SCORES)
-        if moving is None or calibrated is None:
-            continue
-        part = f"{ARMS[arm].label}: lag {calibrated - moving:+.1f}"
-        if minibatch is not None:
-            part += f", mismatch {moving - minibatch:+.1f}"
-        parts.append(part)
-    return fig, "step {}, points (seed means). ".format(step) + "; ".join(parts)
+    return fig, "points, seed means; " + format_lag_and_mismatch(results, step)
 
 
 def save_figure(fig, name, figures_dir="figures"):

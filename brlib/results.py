@@ -271,6 +271,42 @@ def shared_seeds(results, arm, reference):
     return common
 
 
+# The three test scores of one evaluation: moving averages, recalibrated, and minibatch
+# statistics on test microbatches.
+SNAPSHOT_SCORES = ("val_accuracy", "val_accuracy_recalibrated", "val_accuracy_minibatch_stats")
+
+
+def scores_at(results, step):
+    """{arm: {score column: per-seed values in %}} at one evaluated `step`, for the
+    SNAPSHOT_SCORES each arm recorded."""
+    steps = list(next(iter(results.values())).steps)
+    if step not in steps:
+        raise ValueError(f"`step` must be one of the evaluated steps {steps}; got step={step!r}.")
+    return {arm: {column: 100 * curves[column][:, list(curves.steps).index(step)]
+                  for column in SNAPSHOT_SCORES if column in curves.columns}
+            for arm, curves in results.items()}
+
+
+def lag_and_mismatch_at(results, step):
+    """{arm: (lag, mismatch)} at `step`, in points of seed means: lag = recalibrated −
+    moving averages, mismatch = moving averages − minibatch statistics (None where an
+    arm did not record the minibatch-statistics score)."""
+    found = {}
+    for arm, scores in scores_at(results, step).items():
+        moving, calibrated, minibatch = (scores[c].mean() if c in scores else None
+                                         for c in SNAPSHOT_SCORES)
+        found[arm] = (calibrated - moving, None if minibatch is None else moving - minibatch)
+    return found
+
+
+def format_lag_and_mismatch(results, step):
+    """`lag_and_mismatch_at` as one line: "step 300: Batchnorm lag +12.0, mismatch -1.5; …"."""
+    parts = [f"{ARMS[arm].label} lag {lag:+.1f}"
+             + ("" if mismatch is None else f", mismatch {mismatch:+.1f}")
+             for arm, (lag, mismatch) in lag_and_mismatch_at(results, step).items()]
+    return f"step {step}: " + "; ".join(parts)
+
+
 def final_values(values, last):
     """Per seed, the mean of the last `last` evaluations of (seeds, evaluations) values."""
     return np.asarray(values)[:, -last:].mean(axis=1)

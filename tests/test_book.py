@@ -314,26 +314,117 @@ VISIBLE_WIDGET_IMAGES = """() => [...document.querySelectorAll('.jupyter-widgets
 
 
 def test_a_gallery_slider_changes_its_picture_without_a_kernel(book_dir, site_url):
-    """A precomputed panel (brlib.widgets.gallery) moves in the book: the slider's link to its
-    panels is saved with the notebook and runs in the browser."""
+    """A precomputed panel (brlib.widgets.gallery) moves in the book, on every page that has
+    one (02's clip explorer and schedule, 03's step-by-step scores at least): the slider's
+    link to its panels is saved with the notebook and runs in the browser."""
     chromium.require_chromium("BRLIB_REQUIRE_BOOK")
     from playwright.sync_api import sync_playwright
 
     galleries = [name for name in pages(book_dir) if name.startswith("notebooks/")
                  and "SelectionSliderModel" in (book_dir / name).read_text(encoding="utf-8")]
-    assert galleries, "no notebook page holds a gallery (brlib.widgets.gallery)"
+    assert {"notebooks/02_renorm_derivation.html",
+            "notebooks/03_microbatch_experiments.html"} <= set(galleries), galleries
+    moved = {}
     with sync_playwright() as playwright:
         browser = chromium.launch(playwright)
         page = browser.new_page(viewport={"width": 1280, "height": 900})
-        page.goto(site_url + galleries[0], wait_until="load")
-        handle = page.locator(".widget-hslider .noUi-handle").first
-        handle.wait_for(timeout=30_000)
-        page.wait_for_function("() => document.querySelectorAll('.jupyter-widgets img').length > 0")
-        before = page.evaluate(VISIBLE_WIDGET_IMAGES)
-        handle.focus()
-        page.keyboard.press("ArrowRight")
-        page.wait_for_function(f"(before) => JSON.stringify(({VISIBLE_WIDGET_IMAGES})()) "
-                               "!== JSON.stringify(before)", arg=before, timeout=10_000)
-        after = page.evaluate(VISIBLE_WIDGET_IMAGES)
+        for name in galleries:
+            page.goto(site_url + name, wait_until="load")
+            handle = page.locator(".widget-hslider .noUi-handle").first
+            handle.wait_for(timeout=30_000)
+            page.wait_for_function(
+                "() => document.querySelectorAll('.jupyter-widgets img').length > 0")
+            before = page.evaluate(VISIBLE_WIDGET_IMAGES)
+            handle.focus()
+            page.keyboard.press("ArrowRight")
+            page.wait_for_function(f"(before) => JSON.stringify(({VISIBLE_WIDGET_IMAGES})()) "
+                                   "!== JSON.stringify(before)", arg=before, timeout=10_000)
+            after = page.evaluate(VISIBLE_WIDGET_IMAGES)
+            moved[name] = bool(before) and bool(after) and before != after
         browser.close()
-    assert before and after and before != after
+    assert all(moved.values()), moved
+
+
+# Runs in a notebook page, in the light or dark theme: the width of every visible slider
+# track, widget text whose contrast with its background is under WCAG's 4.5:1, and printed
+# or code lines that scroll sideways.
+INSPECT_LAYOUT = """async (dark) => {
+  if (dark) document.body.dataset.theme = 'dark';
+  const views = document.querySelectorAll('script[type="%s"]').length;
+  for (let i = 0; i < 100 && document.querySelectorAll('.jupyter-widgets').length < views; i++) {
+    await new Promise(resolve => setTimeout(resolve, 100));
+  }
+  const visible = el => el.offsetParent !== null;
+  const tracks = [...document.querySelectorAll('.widget-hslider .slider-container')]
+    .filter(visible).map(el => el.getBoundingClientRect().width);
+  const rgb = color => color.match(/[\d.]+/g).map(Number);
+  const luminance = ([r, g, b]) => {
+    const linear = v => (v /= 255) <= 0.03928 ? v / 12.92 : Math.pow((v + 0.055) / 1.055, 2.4);
+    return 0.2126 * linear(r) + 0.7152 * linear(g) + 0.0722 * linear(b);
+  };
+  const background = el => {
+    for (let node = el; node; node = node.parentElement) {
+      const value = rgb(getComputedStyle(node).backgroundColor);
+      if (value.length < 4 || value[3] > 0) return value.slice(0, 3);
+    }
+    return [255, 255, 255];
+  };
+  const texts = [], lowContrast = [];
+  for (const el of document.querySelectorAll('.jupyter-widgets *')) {
+    const text = [...el.childNodes].filter(node => node.nodeType === 3)
+      .map(node => node.textContent.trim()).join('');
+    if (!text || !visible(el)) continue;
+    const [light, darker] = [luminance(rgb(getComputedStyle(el).color).slice(0, 3)),
+                             luminance(background(el))].sort((a, b) => b - a);
+    const ratio = (light + 0.05) / (darker + 0.05);
+    texts.push(text);
+    if (ratio < 4.5) lowContrast.push(`${text.slice(0, 40)} (${ratio.toFixed(2)}:1)`);
+  }
+  const overflowing = [...document.querySelectorAll('div.cell_input pre, div.cell_output pre')]
+    .filter(el => visible(el) && el.scrollWidth > el.clientWidth + 1)
+    .map(el => el.textContent.slice(0, 60));
+  return {tracks, widgetTexts: texts.length, lowContrast, overflowing};
+}""" % WIDGET_VIEW
+
+
+@pytest.fixture(scope="module")
+def layouts(book_dir, site_url):
+    """{(notebook page, theme): what INSPECT_LAYOUT saw}, at 1280 px."""
+    chromium.require_chromium("BRLIB_REQUIRE_BOOK")
+    from playwright.sync_api import sync_playwright
+
+    seen = {}
+    with sync_playwright() as playwright:
+        browser = chromium.launch(playwright)
+        context = browser.new_context(viewport={"width": 1280, "height": 900})
+        for name in pages(book_dir):
+            if not name.startswith("notebooks/"):
+                continue
+            for theme in ("light", "dark"):
+                page = context.new_page()
+                page.goto(site_url + name, wait_until="load")
+                seen[name, theme] = page.evaluate(INSPECT_LAYOUT, theme == "dark")
+                page.close()
+        browser.close()
+    return seen
+
+
+def test_no_slider_track_is_narrower_than_120_px(layouts):
+    tracks = {key: found["tracks"] for key, found in layouts.items() if found["tracks"]}
+    assert tracks, "no notebook page draws a slider"
+    narrow = {key: widths for key, widths in tracks.items() if min(widths) < 120}
+    assert not narrow, narrow
+
+
+def test_widget_text_is_readable_in_both_themes(layouts):
+    assert all(layouts[name, theme]["widgetTexts"] for name in (
+        "notebooks/02_renorm_derivation.html", "notebooks/03_microbatch_experiments.html")
+        for theme in ("light", "dark"))
+    low = {key: found["lowContrast"] for key, found in layouts.items() if found["lowContrast"]}
+    assert not low, low
+
+
+def test_no_code_or_printed_line_scrolls_sideways_at_1280_px(layouts):
+    overflowing = {key: found["overflowing"] for key, found in layouts.items()
+                   if found["overflowing"]}
+    assert not overflowing, overflowing

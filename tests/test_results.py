@@ -489,3 +489,23 @@ def test_gaps_read_as_a_family_share_the_bonferroni_level_of_those_found(tmp_pat
         assert (gap.difference.low, gap.difference.high) == pytest.approx((low, high))
     single = results.gaps(loaded, results.WORKERS_GAPS)[0].difference
     assert single.high - single.low < found[0].difference.high - found[0].difference.low
+
+
+def test_lag_and_mismatch_at_a_step_are_differences_of_seed_means(tmp_path):
+    moving = [[0.2, 0.5], [0.4, 0.6]]
+    calibrated = [[0.6, 0.6], [0.8, 0.7]]
+    minibatch = [[0.1, 0.3], [0.2, 0.4]]
+    write_runs(tmp_path, "batchnorm", moving, calibrated, pairs=(moving, minibatch))
+    write_runs(tmp_path, "batchrenorm", moving, calibrated)  # no minibatch-statistics score
+    loaded = results.load_results(tmp_path, "quick")
+    scores = results.scores_at(loaded, 10)
+    np.testing.assert_allclose(scores["batchnorm"]["val_accuracy_minibatch_stats"], [10.0, 20.0])
+    assert set(scores["batchrenorm"]) == {"val_accuracy", "val_accuracy_recalibrated"}
+    found = results.lag_and_mismatch_at(loaded, 20)
+    # Step 20: moving 0.55, recalibrated 0.65, minibatch statistics 0.35 (seed means).
+    np.testing.assert_allclose(found["batchnorm"], (10.0, 20.0))
+    assert found["batchrenorm"][1] is None
+    assert results.format_lag_and_mismatch(loaded, 20) == (
+        "step 20: Batchnorm lag +10.0, mismatch +20.0; Batch Renorm lag +10.0")
+    with pytest.raises(ValueError, match="`step` must be one of the evaluated steps"):
+        results.scores_at(loaded, 15)
