@@ -9,8 +9,8 @@ from pathlib import Path
 
 from brlib import results
 from brlib.files import write_atomic
-from brlib.protocol import (ARMS, GLYPHS, GLYPHS_SWEEP, GLYPHS_WORKERS, GLYPHS_WORKERS_NORM4,
-                            GROUP, LR_SWEEPS, REPORTED, TWINS, WORKERS_SWEEP,
+from brlib.protocol import (ARMS, GLYPHS, GLYPHS_SWEEP, GLYPHS_WORKERS, GLYPHS_WORKERS_LONG,
+                            GLYPHS_WORKERS_NORM4, GROUP, LR_SWEEPS, REPORTED, TWINS, WORKERS_SWEEP,
                             WORKERS_SWEEP_ARMS)
 from brlib.sampling import step_variety
 
@@ -65,7 +65,7 @@ def _figure(figures_dir, name, caption):
 def preset_section(results_dir, preset, figures_dir=None):
     """The Markdown section of one preset's results, with its figure where it is drawn."""
     loaded = results.load_results(results_dir, preset)
-    figure = (None if preset == GLYPHS_WORKERS.name  # shown in its own section, below
+    figure = (None if preset in (GLYPHS_WORKERS.name, GLYPHS_WORKERS_LONG.name)  # own sections
               else _figure(figures_dir, loaded.preset.figure,
                            f"{loaded.preset.figure[:7].replace('figure', 'Figure ')} of `{preset}`"))
     parts = [f"## `{preset}`", _settings_line(loaded.preset)] + ([figure] if figure else [])
@@ -215,12 +215,37 @@ def workers_section(results_dir, presets, figures_dir=None):
     return "\n\n".join(parts)
 
 
-def _family_tables(loaded):
-    """The preset's WORKERS_GAPS, moving averages and recalibrated, each read as one family."""
+def length_section(results_dir, presets, figures_dir=None):
+    """`glyphs_workers` with every phase twice as long: its family of differences, renorm
+    where its warm-up ends, and each difference at both lengths."""
+    if GLYPHS_WORKERS_LONG.name not in presets:
+        return None
+    long = results.load_results(results_dir, GLYPHS_WORKERS_LONG.name)
+    parts = ["## Figure 3 in the paper's structure, twice as long",
+             f"`{long.preset.name}`: `{GLYPHS_WORKERS.name}` with every phase twice as long. "
+             + _settings_line(long.preset)]
+    figure = _figure(figures_dir, long.preset.figure, f"Figure 3 of `{long.preset.name}`")
+    if figure:
+        parts.append(figure)
+    parts += _family_tables(long, results.LONG_GAPS)
+    exits = warmup_exit_table(long)
+    if exits:
+        parts += ["Renorm where its warm-up ends:", exits]
+    if GLYPHS_WORKERS.name in presets:
+        short = results.load_results(results_dir, GLYPHS_WORKERS.name)
+        parts += ["Each difference at both lengths, recalibrated (95 % each); the error ratio "
+                  "is the first arm's test error over the second's:",
+                  results.format_length_table(short, long)]
+    return "\n\n".join(parts)
+
+
+def _family_tables(loaded, named=results.WORKERS_GAPS):
+    """The preset's `named` differences, moving averages and recalibrated, each read as one
+    family."""
     parts = []
     for column, name in (("val_accuracy", "moving averages"),
                          ("val_accuracy_recalibrated", "recalibrated")):
-        found = results.gaps(loaded, results.WORKERS_GAPS, column, family=True)
+        found = results.gaps(loaded, named, column, family=True)
         if found:
             parts += [f"Paired differences, {name}, read as one family of {len(found)} "
                       f"(Bonferroni: each interval at {100 * results.bonferroni_level(len(found)):.2f} %):",
@@ -320,6 +345,7 @@ def generate(results_dir, figures_dir=None):
     sections.append(learning_rate_section(results_dir, presets))
     sections.append(pairing_section(results_dir, presets, figures_dir))
     sections.append(workers_section(results_dir, presets, figures_dir))
+    sections.append(length_section(results_dir, presets, figures_dir))
     sections.append(reported_section())
     return "\n\n".join([_HEADER.strip()] + [s for s in sections if s]) + "\n"
 

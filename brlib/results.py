@@ -372,11 +372,9 @@ def paired_difference(results, arm, reference, column="val_accuracy", level=0.95
         level: The interval's confidence level; `bonferroni_level` gives the
             level of each interval of a family read together.
     """
-    common = shared_seeds(results, arm, reference)
-    pick = lambda name: results.final(name, column)[[results[name].seeds.index(s)
-                                                      for s in common]]
-    mean, sd, (low, high) = t_interval(pick(arm) - pick(reference), level)
-    return Difference(arm, reference, column, len(common), mean, sd, low, high)
+    deltas = paired_deltas(results, arm, reference, column)
+    mean, sd, (low, high) = t_interval(deltas, level)
+    return Difference(arm, reference, column, len(deltas), mean, sd, low, high)
 
 
 def bonferroni_level(family_size, level=0.95):
@@ -722,6 +720,66 @@ WORKERS_GAPS = (
     ("batch renorm, warm-up × 2 − batch norm, on pairs", "batchrenorm_longwarmup", "batchnorm"),
     ("batch renorm, warm-up × 2, on pairs − batch norm i.i.d.", "batchrenorm_longwarmup",
      "batchnorm_iid"))
+
+
+# `glyphs_workers_long` (every phase twice as long) runs the headline arms: batch norm on pairs
+# and i.i.d. and renorm on pairs; read as one family.
+LONG_GAPS = (("batch norm: pairs − i.i.d.", "batchnorm", "batchnorm_iid"),
+             ("batch renorm − batch norm, on pairs", "batchrenorm", "batchnorm"),
+             ("batch renorm on pairs − batch norm i.i.d.", "batchrenorm", "batchnorm_iid"))
+
+
+def welch_interval(samples, others, level=0.95):
+    """Mean of `samples` − mean of `others` (independent, unequal variances), with its
+    Welch t-interval: (difference, (low, high))."""
+    from scipy import stats
+
+    a, b = np.asarray(samples, dtype=float), np.asarray(others, dtype=float)
+    if len(a) < 2 or len(b) < 2:
+        raise ValueError(f"each sample needs at least 2 values; got {len(a)} and {len(b)}.")
+    va, vb = a.var(ddof=1) / len(a), b.var(ddof=1) / len(b)
+    df = (va + vb) ** 2 / (va ** 2 / (len(a) - 1) + vb ** 2 / (len(b) - 1))
+    half = stats.t.ppf(0.5 + level / 2, df) * np.sqrt(va + vb)
+    difference = a.mean() - b.mean()
+    return difference, (difference - half, difference + half)
+
+
+def paired_deltas(results, arm, reference, column="val_accuracy"):
+    """Per shared seed, the final `arm` − `reference` (the samples of `paired_difference`)."""
+    common = shared_seeds(results, arm, reference)
+    pick = lambda name: results.final(name, column)[[results[name].seeds.index(s)
+                                                      for s in common]]
+    return pick(arm) - pick(reference)
+
+
+def error_ratio(results, arm, reference, column="val_accuracy"):
+    """(100 − mean final accuracy of `arm`) / (100 − that of `reference`), over the seeds
+    both have: how many times the reference's test error the arm's is."""
+    common = shared_seeds(results, arm, reference)
+    error = lambda name: 100 - results.final(name, column)[
+        [results[name].seeds.index(s) for s in common]].mean()
+    return error(arm) / error(reference)
+
+
+def format_length_table(short, long, named=LONG_GAPS, column="val_accuracy_recalibrated"):
+    """Each named difference in the `short` and `long` presets (paired, 95 %), its error
+    ratio, and long − short with its Welch interval (the runs of the two presets are
+    independent): whether a cost shrinks with training."""
+    lines = [f"| difference | `{short.preset.name}` ({short.preset.steps} steps) | error ratio | "
+             f"`{long.preset.name}` ({long.preset.steps} steps) | error ratio | "
+             "long − short (Welch, 95 %) |", "|---|---|---|---|---|---|"]
+    for name, arm, reference in named:
+        if not all(a in r for r in (short, long) for a in (arm, reference)):
+            continue
+        cells = [name]
+        for loaded in (short, long):
+            cells += [format_difference(paired_difference(loaded, arm, reference, column)),
+                      f"{error_ratio(loaded, arm, reference, column):.2f}"]
+        change, (low, high) = welch_interval(paired_deltas(long, arm, reference, column),
+                                             paired_deltas(short, arm, reference, column))
+        cells.append(f"{change:+.2f} [{low:+.2f}, {high:+.2f}]")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) if len(lines) > 2 else ""
 
 
 @dataclasses.dataclass(frozen=True)

@@ -203,3 +203,24 @@ def test_findings_read_the_paper_structure_as_one_bonferroni_family():
     low, high = stats.t.interval(level, len(deltas) - 1, loc=deltas.mean(), scale=stats.sem(deltas))
     assert f"family of {family} at {100 * level:.2f} % each" in line
     assert f"re-mixed − i.i.d. (the paired sampling) {deltas.mean():+.2f} [{low:+.2f}, {high:+.2f}]" in line
+
+
+def test_length_table_sets_each_cost_at_both_lengths_beside_its_welch_change(tmp_path):
+    rng = np.random.default_rng(1)
+    for preset in ("glyphs_workers", "glyphs_workers_long"):
+        for arm, level in (("batchnorm", 0.90), ("batchnorm_iid", 0.97), ("batchrenorm", 0.80)):
+            write_runs(tmp_path, arm, np.clip(level + rng.normal(0, 0.02, (5, 4)), 0, 1),
+                       preset=preset, last=2)
+    short = results.load_results(tmp_path, "glyphs_workers")
+    long = results.load_results(tmp_path, "glyphs_workers_long")
+    table = report.results.format_length_table(short, long).splitlines()
+    assert len(table) == 2 + len(results.LONG_GAPS)
+    final = lambda loaded, arm: 100 * loaded[arm]["val_accuracy_recalibrated"][:, -2:].mean(axis=1)
+    cost = lambda loaded: final(loaded, "batchnorm") - final(loaded, "batchnorm_iid")
+    reference = stats.ttest_ind(cost(long), cost(short), equal_var=False).confidence_interval()
+    change = cost(long).mean() - cost(short).mean()
+    ratio = (100 - final(long, "batchnorm").mean()) / (100 - final(long, "batchnorm_iid").mean())
+    row = table[2]
+    assert row.startswith("| batch norm: pairs − i.i.d. | ")
+    assert f"| {ratio:.2f} |" in row
+    assert row.endswith(f"| {change:+.2f} [{reference.low:+.2f}, {reference.high:+.2f}] |")

@@ -509,3 +509,25 @@ def test_lag_and_mismatch_at_a_step_are_differences_of_seed_means(tmp_path):
         "step 20: Batchnorm lag +10.0, mismatch +20.0; Batch Renorm lag +10.0")
     with pytest.raises(ValueError, match="`step` must be one of the evaluated steps"):
         results.scores_at(loaded, 15)
+
+
+def test_welch_interval_is_scipys_unequal_variance_interval():
+    from scipy import stats
+
+    a, b = [1.0, 2.5, 3.0, 4.5, 2.0], [0.5, 0.1, 1.9]
+    difference, (low, high) = results.welch_interval(a, b)
+    reference = stats.ttest_ind(a, b, equal_var=False).confidence_interval(0.95)
+    assert difference == pytest.approx(np.mean(a) - np.mean(b))
+    assert (low, high) == pytest.approx((reference.low, reference.high))
+    with pytest.raises(ValueError, match="at least 2 values"):
+        results.welch_interval([1.0], b)
+
+
+def test_error_ratio_divides_the_seed_mean_test_errors_over_shared_seeds(tmp_path):
+    write_runs(tmp_path, "batchnorm", [[0.1, 0.80], [0.1, 0.70], [0.1, 0.10]], last=1)
+    write_runs(tmp_path, "batchnorm_iid", [[0.1, 0.90], [0.1, 0.95]])
+    loaded = results.load_results(tmp_path, "quick")
+    # Seeds 0 and 1 only: errors 25 % against 7.5 %.
+    assert results.error_ratio(loaded, "batchnorm", "batchnorm_iid") == pytest.approx(25 / 7.5)
+    np.testing.assert_allclose(results.paired_deltas(loaded, "batchnorm", "batchnorm_iid"),
+                               [-10.0, -25.0])
