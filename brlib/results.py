@@ -301,8 +301,9 @@ def lag_and_mismatch_at(results, step):
 
 def format_lag_and_mismatch(results, step):
     """`lag_and_mismatch_at` as one line: "step 300: Batchnorm lag +12.0, mismatch -1.5; …"."""
-    parts = [f"{ARMS[arm].label} lag {lag:+.1f}"
-             + ("" if mismatch is None else f", mismatch {mismatch:+.1f}")
+    points = lambda value: f"{round(value, 1) + 0.0:+.1f}"  # + 0.0: no "-0.0"
+    parts = [f"{ARMS[arm].label} lag {points(lag)}"
+             + ("" if mismatch is None else f", mismatch {points(mismatch)}")
              for arm, (lag, mismatch) in lag_and_mismatch_at(results, step).items()]
     return f"step {step}: " + "; ".join(parts)
 
