@@ -411,7 +411,7 @@ def _pairing_findings(results_dir):
             lines.append(f"- Figure 3 (`{preset}`, {dataset}, {loaded.preset.classes} classes, "
                          f"{len(loaded['batchnorm'].seeds)} seeds), what pairing costs, pairs − "
                          "i.i.d.: " + "; ".join(parts) + ".")
-    return lines + _workers_findings(results_dir)
+    return lines + _workers_findings(results_dir) + _long_findings(results_dir)
 
 
 # The README's reading of Figure 3 in the paper's structure: the family's differences that
@@ -438,6 +438,23 @@ def _workers_findings(results_dir):
             f"{loaded.preset.classes} classes, 16 groups per step, "
             f"{' to '.join(map(str, seeds))} seeds), recalibrated, read in a family "
             f"of {len(found)} at {level:.2f} % each: " + "; ".join(parts) + "."]
+
+
+def _long_findings(results_dir):
+    if not results.has_results(results_dir, GLYPHS_WORKERS_LONG.name):
+        return []
+    loaded = results.load_results(results_dir, GLYPHS_WORKERS_LONG.name)
+    found = results.gaps(loaded, results.LONG_GAPS, "val_accuracy_recalibrated", family=True)
+    if not found:
+        return []
+    level = 100 * results.bonferroni_level(len(found))
+    parts = [f"{gap.name} {results.format_difference(gap.difference)}"
+             + ("" if gap.steadiness.steady else f", not at a steady state ({gap.steadiness})")
+             for gap in found]
+    seeds = sorted({gap.difference.seeds for gap in found})
+    return [f"- The same, twice as long (`{loaded.preset.name}`, {loaded.preset.steps} steps, "
+            f"{' to '.join(map(str, seeds))} seeds), recalibrated, read in a family of "
+            f"{len(found)} at {level:.2f} % each: " + "; ".join(parts) + "."]
 
 
 def findings(results_dir, swept=("cpu", "quick")):

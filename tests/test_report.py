@@ -224,3 +224,18 @@ def test_length_table_sets_each_cost_at_both_lengths_beside_its_welch_change(tmp
     assert row.startswith("| batch norm: pairs − i.i.d. | ")
     assert f"| {ratio:.2f} |" in row
     assert row.endswith(f"| {change:+.2f} [{reference.low:+.2f}, {reference.high:+.2f}] |")
+
+
+def test_findings_read_the_long_preset_as_its_own_family(tmp_path):
+    rng = np.random.default_rng(2)
+    for arm, level in (("batchnorm", 0.90), ("batchnorm_iid", 0.97), ("batchrenorm", 0.80)):
+        write_runs(tmp_path, arm, np.clip(level + rng.normal(0, 0.02, (3, 4)), 0, 1),
+                   preset="glyphs_workers_long", last=2)
+    line = next(line for line in report.findings(tmp_path, swept=()).splitlines()
+                if "glyphs_workers_long" in line)
+    final = lambda arm: 100 * results.load_results(tmp_path, "glyphs_workers_long")[arm][
+        "val_accuracy_recalibrated"][:, -2:].mean(axis=1)
+    deltas = final("batchrenorm") - final("batchnorm_iid")
+    low, high = stats.t.interval(1 - 0.05 / 3, 2, loc=deltas.mean(), scale=stats.sem(deltas))
+    assert "family of 3 at 98.33 % each" in line
+    assert f"batch renorm on pairs − batch norm i.i.d. {deltas.mean():+.2f} [{low:+.2f}, {high:+.2f}]" in line
