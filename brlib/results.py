@@ -776,9 +776,13 @@ def format_length_table(short, long, named=LONG_GAPS, column="val_accuracy_recal
         for loaded in (short, long):
             cells += [format_difference(paired_difference(loaded, arm, reference, column)),
                       f"{error_ratio(loaded, arm, reference, column):.2f}"]
-        change, (low, high) = welch_interval(paired_deltas(long, arm, reference, column),
-                                             paired_deltas(short, arm, reference, column))
-        cells.append(f"{change:+.2f} [{low:+.2f}, {high:+.2f}]")
+        long_deltas = paired_deltas(long, arm, reference, column)
+        short_deltas = paired_deltas(short, arm, reference, column)
+        if min(len(long_deltas), len(short_deltas)) < 2:
+            cells.append("—")  # no interval from one seed
+        else:
+            change, (low, high) = welch_interval(long_deltas, short_deltas)
+            cells.append(f"{change:+.2f} [{low:+.2f}, {high:+.2f}]")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) if len(lines) > 2 else ""
 
