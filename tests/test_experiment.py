@@ -600,7 +600,7 @@ def test_a_lost_worker_stops_the_cluster_with_an_error_and_the_run_resumes(tmp_p
 
 
 def test_ctrl_c_stops_every_run_and_the_same_command_resumes_them(tmp_path):
-    steps, arms = 300, ("batchnorm", "batchrenorm")
+    steps, arms = 400, ("batchnorm", "batchrenorm")
     command = [sys.executable, str(TESTS / "run_reproduce.py"), str(tmp_path / "r"), str(steps)]
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
     parent = subprocess.Popen(command, cwd=TESTS, env=env, stdout=subprocess.PIPE, text=True,
@@ -608,12 +608,17 @@ def test_ctrl_c_stops_every_run_and_the_same_command_resumes_them(tmp_path):
     run = tmp_path / "r" / "quick"
     partials = [run / f".{arm}_seed0.partial.csv" for arm in arms]
     deadline = time.time() + 180
-    while not all(p.exists() for p in partials) and time.time() < deadline:
+    while not any(p.exists() for p in partials) and time.time() < deadline:
         time.sleep(0.05)
-    assert all(p.exists() for p in partials), "the two runs never both wrote a checkpoint"
+    # The training processes start with the command, before any checkpoint: list them now, so
+    # that nothing slow (on a busy machine, `ps` takes seconds) stands between the moment both
+    # runs are seen mid-way and the Ctrl-C, and tiny runs cannot finish in between.
     children = [int(pid) for pid in subprocess.run(
         ["ps", "-o", "pid=", "--ppid", str(parent.pid)], capture_output=True,
         text=True).stdout.split()]
+    while not all(p.exists() for p in partials) and time.time() < deadline:
+        time.sleep(0.05)
+    assert all(p.exists() for p in partials), "the two runs never both wrote a checkpoint"
     os.killpg(parent.pid, signal.SIGINT)  # Ctrl-C reaches the whole group
     try:
         out, _ = parent.communicate(timeout=60)
