@@ -603,8 +603,11 @@ def test_ctrl_c_stops_every_run_and_the_same_command_resumes_them(tmp_path):
     steps, arms = 400, ("batchnorm", "batchrenorm")
     command = [sys.executable, str(TESTS / "run_reproduce.py"), str(tmp_path / "r"), str(steps)]
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    # Its own group, as a terminal's job, and Ctrl-C's default action: a pytest-xdist worker
+    # ignores SIGINT, and a child would inherit that.
     parent = subprocess.Popen(command, cwd=TESTS, env=env, stdout=subprocess.PIPE, text=True,
-                              start_new_session=True)  # its own group, as a terminal's job
+                              start_new_session=True,
+                              preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     run = tmp_path / "r" / "quick"
     partials = [run / f".{arm}_seed0.partial.csv" for arm in arms]
     deadline = time.time() + 180
