@@ -421,40 +421,37 @@ _WORKERS_FINDINGS = ("batch norm: pairs − re-mixed (a partner in the group)",
                      "batch renorm, warm-up × 2, on pairs − batch norm i.i.d.")
 
 
-def _workers_findings(results_dir):
-    if not results.has_results(results_dir, GLYPHS_WORKERS.name):
+def _family_findings(results_dir, preset_name, named, opening, shown=None):
+    """One README line: a preset's `named` differences read as one family (recalibrated),
+    those in `shown` (default: all) printed after `opening(preset)`, which names the preset."""
+    if not results.has_results(results_dir, preset_name):
         return []
-    loaded = results.load_results(results_dir, GLYPHS_WORKERS.name)
-    found = results.gaps(loaded, results.WORKERS_GAPS, "val_accuracy_recalibrated", family=True)
-    shown = [gap for gap in found if gap.name in _WORKERS_FINDINGS]
-    if not shown:
+    loaded = results.load_results(results_dir, preset_name)
+    found = results.gaps(loaded, named, "val_accuracy_recalibrated", family=True)
+    listed = [gap for gap in found if shown is None or gap.name in shown]
+    if not listed:
         return []
     level = 100 * results.bonferroni_level(len(found))
     parts = [f"{gap.name} {results.format_difference(gap.difference)}"
              + ("" if gap.steadiness.steady else f", not at a steady state ({gap.steadiness})")
-             for gap in shown]
-    seeds = sorted({gap.difference.seeds for gap in shown})
-    return [f"- Figure 3 in the paper's structure (`{loaded.preset.name}`, rendered glyphs, "
-            f"{loaded.preset.classes} classes, 16 groups per step, "
-            f"{' to '.join(map(str, seeds))} seeds), recalibrated, read in a family "
-            f"of {len(found)} at {level:.2f} % each: " + "; ".join(parts) + "."]
+             for gap in listed]
+    seeds = sorted({gap.difference.seeds for gap in listed})
+    return [f"- {opening(loaded.preset)}{' to '.join(map(str, seeds))} seeds), recalibrated, "
+            f"read in a family of {len(found)} at {level:.2f} % each: " + "; ".join(parts) + "."]
+
+
+def _workers_findings(results_dir):
+    return _family_findings(
+        results_dir, GLYPHS_WORKERS.name, results.WORKERS_GAPS,
+        lambda preset: (f"Figure 3 in the paper's structure (`{preset.name}`, rendered glyphs, "
+                        f"{preset.classes} classes, 16 groups per step, "),
+        shown=_WORKERS_FINDINGS)
 
 
 def _long_findings(results_dir):
-    if not results.has_results(results_dir, GLYPHS_WORKERS_LONG.name):
-        return []
-    loaded = results.load_results(results_dir, GLYPHS_WORKERS_LONG.name)
-    found = results.gaps(loaded, results.LONG_GAPS, "val_accuracy_recalibrated", family=True)
-    if not found:
-        return []
-    level = 100 * results.bonferroni_level(len(found))
-    parts = [f"{gap.name} {results.format_difference(gap.difference)}"
-             + ("" if gap.steadiness.steady else f", not at a steady state ({gap.steadiness})")
-             for gap in found]
-    seeds = sorted({gap.difference.seeds for gap in found})
-    return [f"- The same, twice as long (`{loaded.preset.name}`, {loaded.preset.steps} steps, "
-            f"{' to '.join(map(str, seeds))} seeds), recalibrated, read in a family of "
-            f"{len(found)} at {level:.2f} % each: " + "; ".join(parts) + "."]
+    return _family_findings(
+        results_dir, GLYPHS_WORKERS_LONG.name, results.LONG_GAPS,
+        lambda preset: f"The same, twice as long (`{preset.name}`, {preset.steps} steps, ")
 
 
 def findings(results_dir, swept=("cpu", "quick")):
