@@ -745,21 +745,26 @@ def welch_interval(samples, others, level=0.95):
     return difference, (difference - half, difference + half)
 
 
-def paired_deltas(results, arm, reference, column="val_accuracy"):
-    """Per shared seed, the final `arm` − `reference` (the samples of `paired_difference`)."""
+def paired_finals(results, arm, reference, column="val_accuracy"):
+    """The final `column` of `arm` and of `reference` over the seeds both have, in the same
+    seed order: two arrays (`Results.final`'s units)."""
     common = shared_seeds(results, arm, reference)
     pick = lambda name: results.final(name, column)[[results[name].seeds.index(s)
                                                       for s in common]]
-    return pick(arm) - pick(reference)
+    return pick(arm), pick(reference)
+
+
+def paired_deltas(results, arm, reference, column="val_accuracy"):
+    """Per shared seed, the final `arm` − `reference` (the samples of `paired_difference`)."""
+    finals, reference_finals = paired_finals(results, arm, reference, column)
+    return finals - reference_finals
 
 
 def error_ratio(results, arm, reference, column="val_accuracy"):
     """(100 − mean final accuracy of `arm`) / (100 − that of `reference`), over the seeds
     both have: how many times the reference's test error the arm's is."""
-    common = shared_seeds(results, arm, reference)
-    error = lambda name: 100 - results.final(name, column)[
-        [results[name].seeds.index(s) for s in common]].mean()
-    return error(arm) / error(reference)
+    finals, reference_finals = paired_finals(results, arm, reference, column)
+    return (100 - finals.mean()) / (100 - reference_finals.mean())
 
 
 def format_length_table(short, long, named=LONG_GAPS, column="val_accuracy_recalibrated"):
