@@ -218,7 +218,8 @@ def preset_figure(results, arms=None):
     return draw(shown), name
 
 
-def class_sweep(sweep, others=(), title="What pairing costs, against the number of classes"):
+def class_sweep(sweep, others=(), title="What pairing costs, against the number of classes",
+                interval="paired 95 % interval"):
     """Paired differences (points, 95 % intervals) against the number of classes.
 
     Args:
@@ -228,6 +229,8 @@ def class_sweep(sweep, others=(), title="What pairing costs, against the number 
         others: Gaps of other protocols (for example Fashion-MNIST's
             `noniid` preset), drawn as open markers and labelled by preset.
         title: The axes' title.
+        interval: What the bars are, for the legend ("paired 95 % interval", or a
+            family's level).
     """
     import matplotlib.pyplot as plt
 
@@ -258,7 +261,7 @@ def class_sweep(sweep, others=(), title="What pairing costs, against the number 
     ax.set(xlabel="number of classes", ylabel="difference in test accuracy (points)")
     ax.set_title(title, loc="left", fontsize=10)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, title="mean over seeds, bars: paired 95 % interval", title_fontsize=7)
+    ax.legend(fontsize=7, title=f"mean over seeds, bars: {interval}", title_fontsize=7)
     fig.tight_layout()
     return fig
 

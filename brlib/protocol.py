@@ -465,6 +465,12 @@ GLYPHS_WORKERS_LONG = dataclasses.replace(
     GLYPHS_WORKERS, name="glyphs_workers_long", steps=20 * TAU, warmup_steps=6 * TAU,
     rmax_steps=12 * TAU, dmax_steps=10 * TAU, lr_decay_start=6 * TAU, lr_decay_end=1100,
     final_evaluations=4)
+# The class sweep in that structure: `glyphs_workers` at 30 and 1000 classes, 3 seeds each,
+# at its learning rate (swept at 300 classes only); the 300-class point is the preset itself.
+WORKERS_SWEEP_CLASSES = (30, 300, 1000)
+GLYPHS_WORKERS_CLASSES = tuple(dataclasses.replace(
+    GLYPHS_WORKERS, name=f"glyphs_workers_classes{n}", dataset=f"glyphs{n}", seeds=3)
+    for n in WORKERS_SWEEP_CLASSES if n != 300)
 # Figure 2's learning-rate sweep: the quick and cpu presets with Adam at each rate of
 # SWEEP_LEARNING_RATES, everything else unchanged, 3 seeds each (more where a rate is
 # confirmed). The preset's own rate is the preset itself; the others are named
@@ -498,6 +504,7 @@ PRESETS = {preset.name: preset for preset in (SEED, PAPER, SEED_FMNIST, QUICK, C
                                               NONIID_QUICK, NONIID, GLYPHS_QUICK, GLYPHS,
                                               *GLYPHS_SWEEP, GLYPHS_LONG, GLYPHS_WORKERS,
                                               GLYPHS_WORKERS_NORM4, GLYPHS_WORKERS_LONG,
+                                              *GLYPHS_WORKERS_CLASSES,
                                               *LR_SWEEPS)}
 
 

@@ -9,7 +9,8 @@ from pathlib import Path
 
 from brlib import results
 from brlib.files import write_atomic
-from brlib.protocol import (ARMS, GLYPHS, GLYPHS_SWEEP, GLYPHS_WORKERS, GLYPHS_WORKERS_LONG,
+from brlib.protocol import (ARMS, GLYPHS, GLYPHS_SWEEP, GLYPHS_WORKERS, GLYPHS_WORKERS_CLASSES,
+                            GLYPHS_WORKERS_LONG,
                             GLYPHS_WORKERS_NORM4, GROUP, LR_SWEEPS, REPORTED, TWINS, WORKERS_SWEEP,
                             WORKERS_SWEEP_ARMS)
 from brlib.sampling import step_variety
@@ -235,7 +236,43 @@ def length_section(results_dir, presets, figures_dir=None):
         short = results.load_results(results_dir, GLYPHS_WORKERS.name)
         parts += ["Each difference at both lengths, recalibrated (95 % each); the error ratio "
                   "is the first arm's test error over the second's:",
-                  results.format_length_table(short, long)]
+                  results.format_change_table(short, long)]
+    return "\n\n".join(parts)
+
+
+# The figure notebook 05 draws of the class sweep in the paper's structure.
+WORKERS_CLASSES_FIGURE = "05_workers_pairing_against_classes"
+
+
+def workers_classes_section(results_dir, presets, figures_dir=None):
+    """`glyphs_workers` against the number of classes: each arm's final accuracy, and the
+    sweep's differences read as one family per number of classes."""
+    names = [p.name for p in GLYPHS_WORKERS_CLASSES] + [GLYPHS_WORKERS.name]
+    if not any(p.name in presets for p in GLYPHS_WORKERS_CLASSES):
+        return None
+    loaded = [results.load_results(results_dir, name) for name in names if name in presets]
+    arms = list(dict.fromkeys(arm for _, *pair in results.CLASS_SWEEP_GAPS for arm in pair))
+    parts = ["## Figure 3 in the paper's structure, against the number of classes",
+             f"`{GLYPHS_WORKERS.name}` at other numbers of classes, 3 seeds each, at its learning "
+             "rate (swept at 300 classes only). Final test accuracy, recalibrated (%), mean ± sd "
+             "(seeds):", results.format_finals_by_classes(loaded, arms)]
+    for column, name in (("val_accuracy", "moving averages"),
+                         ("val_accuracy_recalibrated", "recalibrated")):
+        families = [results.gaps(one, results.CLASS_SWEEP_GAPS, column, family=True)
+                    for one in loaded]
+        sizes = sorted({len(family) for family in families})
+        levels = ", ".join(f"{100 * results.bonferroni_level(n):.2f} % in a family of {n}"
+                           for n in sizes)
+        found = sorted((gap for family in families for gap in family),
+                       key=lambda gap: (gap.name, gap.classes))
+        parts += [f"Paired differences, {name}; at each number of classes the differences are "
+                  f"read as one family (Bonferroni: each interval at {levels}):",
+                  results.format_gaps(found, "family per number of classes", trends=True)]
+    figure = _figure(figures_dir, WORKERS_CLASSES_FIGURE,
+                     "What pairing costs in the paper's structure, against the number of classes "
+                     "(notebook 05)")
+    if figure:
+        parts.append(figure)
     return "\n\n".join(parts)
 
 
@@ -346,6 +383,7 @@ def generate(results_dir, figures_dir=None):
     sections.append(pairing_section(results_dir, presets, figures_dir))
     sections.append(workers_section(results_dir, presets, figures_dir))
     sections.append(length_section(results_dir, presets, figures_dir))
+    sections.append(workers_classes_section(results_dir, presets, figures_dir))
     sections.append(reported_section())
     return "\n\n".join([_HEADER.strip()] + [s for s in sections if s]) + "\n"
 

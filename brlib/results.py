@@ -730,6 +730,38 @@ LONG_GAPS = (("batch norm: pairs − i.i.d.", "batchnorm", "batchnorm_iid"),
              ("batch renorm on pairs − batch norm i.i.d.", "batchrenorm", "batchnorm_iid"))
 
 
+# The class sweep in the paper's structure (`glyphs_workers_classes<C>` beside `glyphs_workers`)
+# runs batch norm on pairs and i.i.d. and both renorm warm-ups on pairs; at each number of
+# classes the five differences are read as one family.
+CLASS_SWEEP_GAPS = LONG_GAPS + (
+    ("batch renorm, warm-up × 2 − batch norm, on pairs", "batchrenorm_longwarmup", "batchnorm"),
+    ("batch renorm, warm-up × 2, on pairs − batch norm i.i.d.", "batchrenorm_longwarmup",
+     "batchnorm_iid"))
+
+
+def format_finals_by_classes(loaded, arms, column="val_accuracy_recalibrated"):
+    """A Markdown table, one row per preset of `loaded` (a list of `Results` of glyph
+    presets that differ in their number of classes), of each arm's final `column`: mean ±
+    sd over seeds, the seeds in brackets."""
+    from brlib.glyphs import TRAIN_IMAGES
+
+    lines = ["| preset | classes | training images per class | "
+             + " | ".join(ARMS[arm].label for arm in arms) + " |",
+             "|---|---|---|" + "---|" * len(arms)]
+    for results in sorted(loaded, key=lambda r: r.preset.classes):
+        cells = [f"`{results.preset.name}`", str(results.preset.classes),
+                 str(TRAIN_IMAGES // results.preset.classes)]
+        for arm in arms:
+            if arm not in results:
+                cells.append("—")
+                continue
+            values = results.final(arm, column)
+            spread = f" ± {values.std(ddof=1):.2f}" if len(values) > 1 else ""
+            cells.append(f"{values.mean():.2f}{spread} ({len(values)})")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def welch_interval(samples, others, level=0.95):
     """Mean of `samples` − mean of `others` (independent, unequal variances), with its
     Welch t-interval: (difference, (low, high))."""
@@ -767,26 +799,28 @@ def error_ratio(results, arm, reference, column="val_accuracy"):
     return (100 - finals.mean()) / (100 - reference_finals.mean())
 
 
-def format_length_table(short, long, named=LONG_GAPS, column="val_accuracy_recalibrated"):
-    """Each named difference in the `short` and `long` presets (paired, 95 %), its error
-    ratio, and long − short with its Welch interval (the runs of the two presets are
-    independent): whether a cost shrinks with training."""
-    lines = [f"| difference | `{short.preset.name}` ({short.preset.steps} steps) | error ratio | "
-             f"`{long.preset.name}` ({long.preset.steps} steps) | error ratio | "
-             "long − short (Welch, 95 %) |", "|---|---|---|---|---|---|"]
+def format_change_table(first, second, named=LONG_GAPS, column="val_accuracy_recalibrated"):
+    """Each named difference in the presets `first` and `second` (paired, 95 %), its error
+    ratio, and second − first with its Welch interval (the runs of two presets are
+    independent): whether a cost changes with what the presets change (their length,
+    their head)."""
+    lines = [f"| difference | `{first.preset.name}` ({first.preset.steps} steps) | error ratio | "
+             f"`{second.preset.name}` ({second.preset.steps} steps) | error ratio | "
+             f"`{second.preset.name}` − `{first.preset.name}` (Welch, 95 %) |",
+             "|---|---|---|---|---|---|"]
     for name, arm, reference in named:
-        if not all(a in r for r in (short, long) for a in (arm, reference)):
+        if not all(a in r for r in (first, second) for a in (arm, reference)):
             continue
         cells = [name]
-        for loaded in (short, long):
+        for loaded in (first, second):
             cells += [format_difference(paired_difference(loaded, arm, reference, column)),
                       f"{error_ratio(loaded, arm, reference, column):.2f}"]
-        long_deltas = paired_deltas(long, arm, reference, column)
-        short_deltas = paired_deltas(short, arm, reference, column)
-        if min(len(long_deltas), len(short_deltas)) < 2:
+        second_deltas = paired_deltas(second, arm, reference, column)
+        first_deltas = paired_deltas(first, arm, reference, column)
+        if min(len(second_deltas), len(first_deltas)) < 2:
             cells.append("—")  # no interval from one seed
         else:
-            change, (low, high) = welch_interval(long_deltas, short_deltas)
+            change, (low, high) = welch_interval(second_deltas, first_deltas)
             cells.append(f"{change:+.2f} [{low:+.2f}, {high:+.2f}]")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) if len(lines) > 2 else ""

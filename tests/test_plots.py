@@ -349,3 +349,28 @@ def test_training_phase_follows_the_presets_warmup_ramps_and_learning_rate():
         "warm-up: renorm is batch norm", "renorm's bounds opening", "renorm's bounds opening",
         "bounds open, learning rate falling", "bounds open, learning rate falling",
         "learning rate at its floor"]
+
+
+def test_class_sweep_draws_each_difference_at_its_number_of_classes_with_its_interval(tmp_path):
+    rng = np.random.default_rng(4)
+    for preset in ("glyphs_workers", "glyphs_workers_classes30"):
+        for arm, level in (("batchnorm", 0.9), ("batchnorm_iid", 0.95)):
+            write_runs(tmp_path, arm, np.clip(level + rng.normal(0, 0.02, (3, 4)), 0, 1),
+                       preset=preset, last=2)
+    found = [gap for preset in ("glyphs_workers", "glyphs_workers_classes30") for gap in
+             results.gaps(results.load_results(tmp_path, preset), family=True)]
+    fig = plots.class_sweep(found, interval="a family's interval")
+    ax = fig.axes[0]
+    drawn = next(c for c in ax.containers if c.get_label() == "batch norm: pairs − i.i.d.")
+    points, _, (bars,) = drawn.lines
+    assert np.allclose(points.get_xdata() / points.get_xdata()[0], [1, 10])  # 30 and 300 classes
+    final = lambda preset, arm: 100 * results.load_results(tmp_path, preset)[arm][
+        "val_accuracy"][:, -2:].mean(axis=1)
+    deltas = final("glyphs_workers_classes30", "batchnorm") - final("glyphs_workers_classes30",
+                                                                   "batchnorm_iid")
+    assert points.get_ydata()[0] == pytest.approx(deltas.mean())
+    low, high = stats.t.interval(0.95, 2, loc=deltas.mean(), scale=stats.sem(deltas))
+    first = bars.get_segments()[0][:, 1]  # 30 classes; a family of one: 95 %
+    np.testing.assert_allclose(sorted(first), [low, high])
+    assert ax.get_legend().get_title().get_text() == "mean over seeds, bars: a family's interval"
+    matplotlib.pyplot.close(fig)

@@ -205,7 +205,7 @@ def test_findings_read_the_paper_structure_as_one_bonferroni_family():
     assert f"re-mixed − i.i.d. (the paired sampling) {deltas.mean():+.2f} [{low:+.2f}, {high:+.2f}]" in line
 
 
-def test_length_table_sets_each_cost_at_both_lengths_beside_its_welch_change(tmp_path):
+def test_change_table_sets_each_cost_in_both_presets_beside_its_welch_change(tmp_path):
     rng = np.random.default_rng(1)
     for preset in ("glyphs_workers", "glyphs_workers_long"):
         for arm, level in (("batchnorm", 0.90), ("batchnorm_iid", 0.97), ("batchrenorm", 0.80)):
@@ -213,7 +213,7 @@ def test_length_table_sets_each_cost_at_both_lengths_beside_its_welch_change(tmp
                        preset=preset, last=2)
     short = results.load_results(tmp_path, "glyphs_workers")
     long = results.load_results(tmp_path, "glyphs_workers_long")
-    table = report.results.format_length_table(short, long).splitlines()
+    table = report.results.format_change_table(short, long).splitlines()
     assert len(table) == 2 + len(results.LONG_GAPS)
     final = lambda loaded, arm: 100 * loaded[arm]["val_accuracy_recalibrated"][:, -2:].mean(axis=1)
     cost = lambda loaded: final(loaded, "batchnorm") - final(loaded, "batchnorm_iid")
@@ -224,6 +224,7 @@ def test_length_table_sets_each_cost_at_both_lengths_beside_its_welch_change(tmp
     assert row.startswith("| batch norm: pairs − i.i.d. | ")
     assert f"| {ratio:.2f} |" in row
     assert row.endswith(f"| {change:+.2f} [{reference.low:+.2f}, {reference.high:+.2f}] |")
+    assert table[0].endswith("| `glyphs_workers_long` − `glyphs_workers` (Welch, 95 %) |")
 
 
 def test_findings_read_the_long_preset_as_its_own_family(tmp_path):
@@ -239,3 +240,41 @@ def test_findings_read_the_long_preset_as_its_own_family(tmp_path):
     low, high = stats.t.interval(1 - 0.05 / 3, 2, loc=deltas.mean(), scale=stats.sem(deltas))
     assert "family of 3 at 98.33 % each" in line
     assert f"batch renorm on pairs − batch norm i.i.d. {deltas.mean():+.2f} [{low:+.2f}, {high:+.2f}]" in line
+
+
+def test_class_sweep_section_reads_each_number_of_classes_as_its_own_family(tmp_path):
+    rng = np.random.default_rng(3)
+    levels = {"batchnorm": 0.90, "batchnorm_iid": 0.97, "batchrenorm": 0.80,
+              "batchrenorm_longwarmup": 0.88}
+    for preset in ("glyphs_workers", "glyphs_workers_classes30"):
+        for arm, level in levels.items():
+            if preset == "glyphs_workers_classes30" and arm == "batchrenorm":
+                continue  # a sweep point with four arms: a family of two
+            write_runs(tmp_path, arm, np.clip(level + rng.normal(0, 0.02, (3, 4)), 0, 1),
+                       preset=preset, last=2)
+    section = report.workers_classes_section(
+        tmp_path, ["glyphs_workers", "glyphs_workers_classes30"])
+    assert section.startswith("## Figure 3 in the paper's structure, against the number of classes")
+    assert "99.00 % in a family of 5" in section and "98.75 % in a family of 4" not in section
+    final = lambda preset, arm: 100 * results.load_results(tmp_path, preset)[arm][
+        "val_accuracy_recalibrated"][:, -2:].mean(axis=1)
+    # 30 classes has batch norm, i.i.d. and the long warm-up: three of the five differences.
+    assert "98.33 % in a family of 3" in section
+    deltas = final("glyphs_workers_classes30", "batchrenorm_longwarmup") - final(
+        "glyphs_workers_classes30", "batchnorm_iid")
+    low, high = stats.t.interval(1 - 0.05 / 3, 2, loc=deltas.mean(), scale=stats.sem(deltas))
+    row = next(line for line in section.splitlines()[::-1]  # the recalibrated table comes last
+               if line.startswith("| batch renorm, warm-up × 2, on pairs − batch norm i.i.d. | "
+                                  "`glyphs_workers_classes30` | 30 | 3 |"))
+    assert f"{deltas.mean():+.2f} [{low:+.2f}, {high:+.2f}]" in row
+    values = final("glyphs_workers_classes30", "batchnorm")
+    finals = next(line for line in section.splitlines() if line.startswith("| `glyphs_workers_classes30`"))
+    assert finals.startswith("| `glyphs_workers_classes30` | 30 | 1000 | "
+                             f"{values.mean():.2f} ± {values.std(ddof=1):.2f} (3) |")
+    cells = [cell.strip() for cell in finals.strip("|").split("|")]
+    assert cells[5] == "—" and cells[6] != "—"  # no batchrenorm at 30 classes; the long warm-up
+
+
+def test_class_sweep_section_needs_a_sweep_point_beside_the_preset(tmp_path):
+    write_runs(tmp_path, "batchnorm", np.full((2, 4), 0.9), preset="glyphs_workers", last=2)
+    assert report.workers_classes_section(tmp_path, ["glyphs_workers"]) is None
