@@ -258,15 +258,10 @@ def workers_classes_section(results_dir, presets, figures_dir=None):
              "(seeds):", results.format_finals_by_classes(loaded, arms)]
     for column, name in (("val_accuracy", "moving averages"),
                          ("val_accuracy_recalibrated", "recalibrated")):
-        families = [results.gaps(one, results.CLASS_SWEEP_GAPS, column, family=True)
-                    for one in loaded]
-        sizes = sorted({len(family) for family in families})
-        levels = ", ".join(f"{100 * results.bonferroni_level(n):.2f} % in a family of {n}"
-                           for n in sizes)
-        found = sorted((gap for family in families for gap in family),
-                       key=lambda gap: (gap.name, gap.classes))
+        levels, found = results.families_by_preset(loaded, results.CLASS_SWEEP_GAPS, column)
         parts += [f"Paired differences, {name}; at each number of classes the differences are "
-                  f"read as one family (Bonferroni: each interval at {levels}):",
+                  "read as one family (Bonferroni: each interval at "
+                  f"{results.format_family_levels(levels)}):",
                   results.format_gaps(found, "family per number of classes", trends=True)]
     figure = _figure(figures_dir, WORKERS_CLASSES_FIGURE,
                      "What pairing costs in the paper's structure, against the number of classes "

@@ -731,12 +731,30 @@ LONG_GAPS = (("batch norm: pairs − i.i.d.", "batchnorm", "batchnorm_iid"),
 
 
 # The class sweep in the paper's structure (`glyphs_workers_classes<C>` beside `glyphs_workers`)
-# runs batch norm on pairs and i.i.d. and both renorm warm-ups on pairs; at each number of
-# classes the five differences are read as one family.
+# runs batch norm on pairs and i.i.d. and both renorm warm-ups on pairs, and at 1000 classes
+# batch norm re-mixed; at each number of classes the differences found are read as one family.
 CLASS_SWEEP_GAPS = LONG_GAPS + (
     ("batch renorm, warm-up × 2 − batch norm, on pairs", "batchrenorm_longwarmup", "batchnorm"),
     ("batch renorm, warm-up × 2, on pairs − batch norm i.i.d.", "batchrenorm_longwarmup",
-     "batchnorm_iid"))
+     "batchnorm_iid"),
+    ("batch norm: pairs − re-mixed (a partner in the group)", "batchnorm", "batchnorm_remixed"),
+    ("batch norm: re-mixed − i.i.d. (the paired sampling)", "batchnorm_remixed", "batchnorm_iid"))
+
+
+def families_by_preset(loaded, named, column="val_accuracy_recalibrated"):
+    """The `named` differences of each `Results` in `loaded`, each preset's read as one
+    family (`gaps` with `family=True`): ({family size: level of each interval}, the gaps
+    sorted by name, then number of classes)."""
+    families = [gaps(one, named, column, family=True) for one in loaded]
+    levels = {len(family): bonferroni_level(len(family)) for family in families if family}
+    found = sorted((gap for family in families for gap in family),
+                   key=lambda gap: (gap.name, gap.classes))
+    return dict(sorted(levels.items())), found
+
+
+def format_family_levels(levels):
+    """{family size: level}, as the text names them: "99.00 % in a family of 5, ..."."""
+    return ", ".join(f"{100 * level:.2f} % in a family of {size}" for size, level in levels.items())
 
 
 def format_finals_by_classes(loaded, arms, column="val_accuracy_recalibrated"):
