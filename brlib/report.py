@@ -444,7 +444,8 @@ def _pairing_findings(results_dir):
             lines.append(f"- Figure 3 (`{preset}`, {dataset}, {loaded.preset.classes} classes, "
                          f"{len(loaded['batchnorm'].seeds)} seeds), what pairing costs, pairs − "
                          "i.i.d.: " + "; ".join(parts) + ".")
-    return lines + _workers_findings(results_dir) + _long_findings(results_dir)
+    return (lines + _workers_findings(results_dir) + _long_findings(results_dir)
+            + _classes_findings(results_dir))
 
 
 # The README's reading of Figure 3 in the paper's structure: the family's differences that
@@ -485,6 +486,21 @@ def _long_findings(results_dir):
     return _family_findings(
         results_dir, GLYPHS_WORKERS_LONG.name, results.LONG_GAPS,
         lambda preset: f"The same, twice as long (`{preset.name}`, {preset.steps} steps, ")
+
+
+# The README's reading of the class sweep's point nearest the paper, 1000 classes: batch norm's
+# pairing cost, split where re-mixed runs exist, and renorm with the long warm-up on pairs.
+_CLASSES_FINDINGS = ("batch norm: pairs − i.i.d.",
+                     "batch norm: pairs − re-mixed (a partner in the group)",
+                     "batch norm: re-mixed − i.i.d. (the paired sampling)",
+                     "batch renorm, warm-up × 2 − batch norm, on pairs")
+
+
+def _classes_findings(results_dir):
+    return _family_findings(
+        results_dir, GLYPHS_WORKERS_CLASSES[-1].name, results.CLASS_SWEEP_GAPS,
+        lambda preset: (f"Figure 3 in the paper's structure at {preset.classes} classes "
+                        f"(`{preset.name}`, {preset.steps} steps, "), shown=_CLASSES_FINDINGS)
 
 
 def findings(results_dir, swept=("cpu", "quick")):

@@ -278,3 +278,22 @@ def test_class_sweep_section_reads_each_number_of_classes_as_its_own_family(tmp_
 def test_class_sweep_section_needs_a_sweep_point_beside_the_preset(tmp_path):
     write_runs(tmp_path, "batchnorm", np.full((2, 4), 0.9), preset="glyphs_workers", last=2)
     assert report.workers_classes_section(tmp_path, ["glyphs_workers"]) is None
+
+
+def test_findings_read_the_1000_class_point_as_its_own_family(tmp_path):
+    rng = np.random.default_rng(5)
+    for arm, level in (("batchnorm", 0.3), ("batchnorm_remixed", 0.4), ("batchnorm_iid", 0.6),
+                       ("batchrenorm_longwarmup", 0.3)):
+        write_runs(tmp_path, arm, np.clip(level + rng.normal(0, 0.02, (3, 4)), 0, 1),
+                   preset="glyphs_workers_classes1000", last=2)
+    line = next(line for line in report.findings(tmp_path, swept=()).splitlines()
+                if "glyphs_workers_classes1000" in line)
+    final = lambda arm: 100 * results.load_results(tmp_path, "glyphs_workers_classes1000")[arm][
+        "val_accuracy_recalibrated"][:, -2:].mean(axis=1)
+    deltas = final("batchnorm") - final("batchnorm_remixed")
+    # Five of the seven differences have both arms (none of batchrenorm's): a family of five.
+    low, high = stats.t.interval(1 - 0.05 / 5, 2, loc=deltas.mean(), scale=stats.sem(deltas))
+    assert line.startswith("- Figure 3 in the paper's structure at 1000 classes")
+    assert "family of 5 at 99.00 % each" in line
+    assert f"pairs − re-mixed (a partner in the group) {deltas.mean():+.2f} [{low:+.2f}, {high:+.2f}]" in line
+    assert "batch renorm on pairs − batch norm i.i.d." not in line  # in the family, not shown
