@@ -253,9 +253,8 @@ def workers_classes_section(results_dir, presets, figures_dir=None):
     loaded = [results.load_results(results_dir, name) for name in names if name in presets]
     arms = list(dict.fromkeys(arm for _, *pair in results.CLASS_SWEEP_GAPS for arm in pair))
     parts = ["## Figure 3 in the paper's structure, against the number of classes",
-             f"`{GLYPHS_WORKERS.name}` at other numbers of classes, 3 seeds each, at its learning "
-             "rate (swept at 300 classes only). Final test accuracy, recalibrated (%), mean ± sd "
-             "(seeds):", results.format_finals_by_classes(loaded, arms)]
+             f"`{GLYPHS_WORKERS.name}` at other numbers of classes, at its learning rate (swept "
+             "at 300 classes only). Final test accuracy, recalibrated (%), mean ± sd (seeds):", results.format_finals_by_classes(loaded, arms)]
     for column, name in (("val_accuracy", "moving averages"),
                          ("val_accuracy_recalibrated", "recalibrated")):
         levels, found = results.families_by_preset(loaded, results.CLASS_SWEEP_GAPS, column)
