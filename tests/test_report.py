@@ -15,6 +15,20 @@ from brlib.files import write_atomic
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def write_near(directory, preset, levels, rng, seeds=3):
+    """`seeds` runs of each arm of {arm: accuracy}, 4 evaluations drawn near that accuracy,
+    the last 2 of them final."""
+    for arm, level in levels.items():
+        write_runs(directory, arm, np.clip(level + rng.normal(0, 0.02, (seeds, 4)), 0, 1),
+                   preset=preset, last=2)
+
+
+def recalibrated_finals(directory, preset, arm):
+    """Per seed, the mean of the last 2 recalibrated accuracies, in %, computed here."""
+    curves = results.load_results(directory, preset)[arm]["val_accuracy_recalibrated"]
+    return 100 * curves[:, -2:].mean(axis=1)
+
+
 def test_the_committed_results_page_is_what_the_results_generate():
     committed = (ROOT / "docs" / "results.md").read_text()
     assert committed == report.generate(ROOT / "data" / "results", ROOT / "figures"), (
@@ -208,9 +222,8 @@ def test_findings_read_the_paper_structure_as_one_bonferroni_family():
 def test_change_table_sets_each_cost_in_both_presets_beside_its_welch_change(tmp_path):
     rng = np.random.default_rng(1)
     for preset in ("glyphs_workers", "glyphs_workers_long"):
-        for arm, level in (("batchnorm", 0.90), ("batchnorm_iid", 0.97), ("batchrenorm", 0.80)):
-            write_runs(tmp_path, arm, np.clip(level + rng.normal(0, 0.02, (5, 4)), 0, 1),
-                       preset=preset, last=2)
+        write_near(tmp_path, preset, {"batchnorm": 0.90, "batchnorm_iid": 0.97, "batchrenorm": 0.80},
+                   rng, seeds=5)
     short = results.load_results(tmp_path, "glyphs_workers")
     long = results.load_results(tmp_path, "glyphs_workers_long")
     table = report.results.format_change_table(short, long).splitlines()
@@ -228,14 +241,12 @@ def test_change_table_sets_each_cost_in_both_presets_beside_its_welch_change(tmp
 
 
 def test_findings_read_the_long_preset_as_its_own_family(tmp_path):
-    rng = np.random.default_rng(2)
-    for arm, level in (("batchnorm", 0.90), ("batchnorm_iid", 0.97), ("batchrenorm", 0.80)):
-        write_runs(tmp_path, arm, np.clip(level + rng.normal(0, 0.02, (3, 4)), 0, 1),
-                   preset="glyphs_workers_long", last=2)
+    write_near(tmp_path, "glyphs_workers_long",
+               {"batchnorm": 0.90, "batchnorm_iid": 0.97, "batchrenorm": 0.80},
+               np.random.default_rng(2))
     line = next(line for line in report.findings(tmp_path, swept=()).splitlines()
                 if "glyphs_workers_long" in line)
-    final = lambda arm: 100 * results.load_results(tmp_path, "glyphs_workers_long")[arm][
-        "val_accuracy_recalibrated"][:, -2:].mean(axis=1)
+    final = lambda arm: recalibrated_finals(tmp_path, "glyphs_workers_long", arm)
     deltas = final("batchrenorm") - final("batchnorm_iid")
     low, high = stats.t.interval(1 - 0.05 / 3, 2, loc=deltas.mean(), scale=stats.sem(deltas))
     assert "family of 3 at 98.33 % each" in line
@@ -246,18 +257,15 @@ def test_class_sweep_section_reads_each_number_of_classes_as_its_own_family(tmp_
     rng = np.random.default_rng(3)
     levels = {"batchnorm": 0.90, "batchnorm_iid": 0.97, "batchrenorm": 0.80,
               "batchrenorm_longwarmup": 0.88}
-    for preset in ("glyphs_workers", "glyphs_workers_classes30"):
-        for arm, level in levels.items():
-            if preset == "glyphs_workers_classes30" and arm == "batchrenorm":
-                continue  # a sweep point with four arms: a family of two
-            write_runs(tmp_path, arm, np.clip(level + rng.normal(0, 0.02, (3, 4)), 0, 1),
-                       preset=preset, last=2)
+    write_near(tmp_path, "glyphs_workers", levels, rng)
+    # A sweep point without batchrenorm: a family of three.
+    write_near(tmp_path, "glyphs_workers_classes30",
+               {arm: level for arm, level in levels.items() if arm != "batchrenorm"}, rng)
     section = report.workers_classes_section(
         tmp_path, ["glyphs_workers", "glyphs_workers_classes30"])
     assert section.startswith("## Figure 3 in the paper's structure, against the number of classes")
     assert "99.00 % in a family of 5" in section and "98.75 % in a family of 4" not in section
-    final = lambda preset, arm: 100 * results.load_results(tmp_path, preset)[arm][
-        "val_accuracy_recalibrated"][:, -2:].mean(axis=1)
+    final = lambda preset, arm: recalibrated_finals(tmp_path, preset, arm)
     # 30 classes has batch norm, i.i.d. and the long warm-up: three of the five differences.
     assert "98.33 % in a family of 3" in section
     deltas = final("glyphs_workers_classes30", "batchrenorm_longwarmup") - final(
@@ -281,15 +289,12 @@ def test_class_sweep_section_needs_a_sweep_point_beside_the_preset(tmp_path):
 
 
 def test_findings_read_the_1000_class_point_as_its_own_family(tmp_path):
-    rng = np.random.default_rng(5)
-    for arm, level in (("batchnorm", 0.3), ("batchnorm_remixed", 0.4), ("batchnorm_iid", 0.6),
-                       ("batchrenorm_longwarmup", 0.3)):
-        write_runs(tmp_path, arm, np.clip(level + rng.normal(0, 0.02, (3, 4)), 0, 1),
-                   preset="glyphs_workers_classes1000", last=2)
+    write_near(tmp_path, "glyphs_workers_classes1000",
+               {"batchnorm": 0.3, "batchnorm_remixed": 0.4, "batchnorm_iid": 0.6,
+                "batchrenorm_longwarmup": 0.3}, np.random.default_rng(5))
     line = next(line for line in report.findings(tmp_path, swept=()).splitlines()
                 if "glyphs_workers_classes1000" in line)
-    final = lambda arm: 100 * results.load_results(tmp_path, "glyphs_workers_classes1000")[arm][
-        "val_accuracy_recalibrated"][:, -2:].mean(axis=1)
+    final = lambda arm: recalibrated_finals(tmp_path, "glyphs_workers_classes1000", arm)
     deltas = final("batchnorm") - final("batchnorm_remixed")
     # Five of the seven differences have both arms (none of batchrenorm's): a family of five.
     low, high = stats.t.interval(1 - 0.05 / 5, 2, loc=deltas.mean(), scale=stats.sem(deltas))
